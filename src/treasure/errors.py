@@ -14,8 +14,11 @@ class TaxonomyError(TreasureError):
 class RecordError(TreasureError):
     """A bad input record. Names the file, line (or row) and field."""
 
-    def __init__(self, message: str, *, source: str = "", line: int | None = None, field: str | None = None):
+    def __init__(
+        self, message: str, *, source: str = "", line: int | None = None, field: str | None = None, raw=None
+    ):
         self.message = message
+        self.raw = raw  # the input as read, so a rejects file loses nothing
         self.source = source
         self.line = line
         self.field = field

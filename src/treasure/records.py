@@ -157,14 +157,17 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield lineno, RecordError(f"invalid UTF-8 at byte {e.start}", source=str(path), line=lineno)
+                bad = raw.decode("utf-8", errors="replace").rstrip("\n")
+                yield lineno, RecordError(f"invalid UTF-8 at byte {e.start}", source=str(path), line=lineno, raw=bad)
                 continue
             if not text.strip():
                 continue
             try:
                 yield lineno, json.loads(text)
             except json.JSONDecodeError as e:
-                yield lineno, RecordError(f"invalid JSON: {e.msg} (column {e.colno})", source=str(path), line=lineno)
+                yield lineno, RecordError(
+                    f"invalid JSON: {e.msg} (column {e.colno})", source=str(path), line=lineno, raw=text.rstrip("\n")
+                )
 
 
 def _iter_json_array(path: Path) -> Iterator[tuple[int, Any]]:

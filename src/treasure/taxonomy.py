@@ -213,7 +213,7 @@ def parse_taxonomy(text: str, source: str = "<taxonomy>") -> Taxonomy:
             if key not in _CATEGORY_KEYS:
                 raise err(k, f"{where}.{key}: unknown key (allowed: {', '.join(sorted(_CATEGORY_KEYS))})")
         if "kind" not in spec:
-            raise err(cv, f"{where}: missing `kind` (one of {', '.join(KINDS)})")
+            raise err(ck, f"{where}: missing `kind` (one of {', '.join(KINDS)})")
         kind = str(_scalar(spec["kind"][1], f"{where}.kind", err))
         if kind not in KINDS:
             raise err(spec["kind"][1], f"{where}.kind: {kind!r} is not one of {', '.join(KINDS)}")
@@ -221,7 +221,7 @@ def parse_taxonomy(text: str, source: str = "<taxonomy>") -> Taxonomy:
         vdesc: dict[str, str] = {}
         if kind == "categorical":
             if "values" not in spec:
-                raise err(cv, f"{where}: a categorical category needs `values`")
+                raise err(ck, f"{where}: a categorical category needs `values`")
             vnode = spec["values"][1]
             if isinstance(vnode, yaml.SequenceNode):
                 pairs = [(str(n.value), n, None) for n in vnode.value]
