@@ -225,11 +225,13 @@ def run_annotate(
         raise TreasureError(f"--on-error {opts.on_error!r}: expected fail or skip")
     if opts.on_error == "skip" and rejects_path is None:
         rejects_path = str(out_path) + ".rejects.jsonl"
+    in_path, out_path = Path(in_path), Path(out_path)
+    if not in_path.exists():
+        raise TreasureError(f"{in_path}: no such file or directory")
     taxonomy = load_taxonomy(opts.taxonomy)
     for c in opts.categories or []:
         taxonomy[c]
     annotators, skipped = build_annotators(taxonomy, opts)  # fail fast on bad options, before reading
-    in_path, out_path = Path(in_path), Path(out_path)
     if out_path.suffix not in (".jsonl", ".parquet"):
         raise TreasureError(f"{out_path}: unknown output type {out_path.suffix!r} (use .jsonl or .parquet)")
     if out_path.resolve() == in_path.resolve():
