@@ -7,7 +7,9 @@ candidate: model load time, accuracy overall and per language, and throughput (t
 taxonomy's 23 languages counts as wrong.
 
 Candidates: lingua-language-detector (all its languages; restricted to the 23; each also in low-accuracy mode),
-py3langid (all 97 languages; restricted to the 23) and langdetect (seeded, all its languages).
+py3langid (all its languages; restricted to the 23), langdetect (seeded, all its languages), and the rule
+`treasure.annotate.language` builds on py3langid (all languages scored; the best taxonomy language is taken when
+it is nearly as likely as an outside winner; otherwise none).
 
 Usage::
 
@@ -98,6 +100,21 @@ def make_langdetect() -> Detector:
     return detect
 
 
+def make_treasure() -> Detector:
+    """The rule `treasure.annotate.language` applies on top of py3langid (all languages, near-ratio fallback)."""
+    from treasure.annotate.language import ISO_TO_LANGUAGE, _model, detect_language
+
+    _model()
+    to_iso = {name: iso for iso, name in ISO_TO_LANGUAGE.items()}
+
+    def detect(text: str) -> str | None:
+        # Same bound as the annotator: at most 2 x MAX_CHARS_PER_TURN characters of prose are scored.
+        name = detect_language(text)
+        return None if name is None else to_iso[name]
+
+    return detect
+
+
 CANDIDATES: dict[str, Callable[[], Detector]] = {
     "lingua (all languages)": lambda: make_lingua(False, False),
     "lingua (23 languages)": lambda: make_lingua(True, False),
@@ -106,6 +123,7 @@ CANDIDATES: dict[str, Callable[[], Detector]] = {
     "py3langid (all languages)": lambda: make_py3langid(False),
     "py3langid (23 languages)": lambda: make_py3langid(True),
     "langdetect (all languages)": make_langdetect,
+    "treasure rule (py3langid all + fallback, ≤600 chars)": make_treasure,
 }
 
 

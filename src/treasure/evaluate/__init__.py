@@ -1,0 +1,1 @@
+"""Evaluations of trained models: one module per evaluation, plus the sandbox that runs model-written code."""

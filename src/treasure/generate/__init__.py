@@ -1,0 +1,1 @@
+"""Generation with marker blocks: constrained decoding of the block (constrain.py)."""

@@ -1,0 +1,16 @@
+"""Marker-aware fine-tuning on TRL's `SFTTrainer`: one concept per module, marker logic in pure functions.
+
+    marker_config.py   MarkerConfig: the `markers:` section of a training YAML (format, mode, placement, dropout)
+    render.py          record -> conversational prompt/completion with marker blocks; per-epoch dropout and order
+    chat_template.py   wraps a model's Jinja chat template so it renders the prompt block from a `markers` argument
+    data.py            rendered example -> (input_ids, completion_mask) that TRL trains on; per-epoch copies
+    tokens.py          compact format: add the marker tokens, resize and initialise their embeddings
+    tiny.py            `tiny-llama`: a small Llama built locally with the packaged GPT-2 tokenizer (no hub)
+    model.py           load the model and tokenizer a config names (hub id, local folder or tiny-llama)
+    config.py          TreasureSFTConfig (TRL's SFTConfig + data/markers fields) and the YAML + CLI loader
+    trainer.py         build the SFTTrainer, train (resumable), save the bundle
+    bundle.py          the saved run: save/load model, tokenizer, taxonomy, marker config, statistics; export
+    inspect.py         the token-role view: what the loss is computed on
+
+Nothing here imports torch at package import time, so the CLI stays fast.
+"""

@@ -1,0 +1,197 @@
+"""The saved run: one folder with everything a later stage needs to use the model with markers.
+
+    output_dir/
+      config.json, model.safetensors, ...     the model, Hugging Face format (a LoRA run: adapter_config.json and
+                                              adapter_model.safetensors; `treasure export` merges it)
+      tokenizer.json, tokenizer_config.json   the tokenizer, with the compact marker tokens when the run added them
+      chat_template.jinja                     the model's template wrapped to take `markers` (chat_template.py)
+      taxonomy.yaml                           the taxonomy the markers follow
+      treasure.json                           the marker recipe: mode, format, categories, placement, dropout,
+                                              separator, taxonomy fingerprint, marker tokens, base model, ...
+      marker_stats.json                       the training set's marker value counts (treasure.stats), for
+                                              long-tail slicing at evaluation time
+      checkpoint-*/                           the trainer's checkpoints (what --resume continues from)
+
+    bundle = load_bundle("runs/tiny")      # model, tokenizer, taxonomy, markers, stats, info
+    text = bundle.prompt(messages, markers={"domain": "Code"})
+    parsed, response = bundle.split_completion(generated_text)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from treasure.errors import TreasureError
+from treasure.markers import ParsedBlock, render_block, split_completion
+from treasure.taxonomy import Taxonomy, load_taxonomy
+from treasure.train.marker_config import MarkerConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from treasure.train.config import RunConfig
+
+BUNDLE_VERSION = 1
+INFO_FILE, TAXONOMY_FILE, STATS_FILE = "treasure.json", "taxonomy.yaml", "marker_stats.json"
+ADAPTER_FILE = "adapter_config.json"
+
+
+def bundle_info(run: RunConfig, *, marker_tokens: list[str], adapter: bool, counts: dict[str, int]) -> dict:
+    """The content of treasure.json for a finished run."""
+    from treasure import __version__
+
+    args = run.args
+    return {
+        "bundle_version": BUNDLE_VERSION,
+        "treasure_version": __version__,
+        **run.markers.to_dict(),
+        "separator": run.markers.separator,
+        "taxonomy": {"name": run.taxonomy.name, "version": run.taxonomy.version,
+                     "fingerprint": run.taxonomy.fingerprint(), "file": TAXONOMY_FILE},  # fmt: skip
+        "marker_categories": list(run.markers.marker_taxonomy(run.taxonomy).names),
+        "marker_tokens": marker_tokens,
+        "base_model": run.model.model_name_or_path,
+        "adapter": adapter,
+        "chat_template_kwargs": args.chat_template_kwargs or {},
+        "seed": args.data_seed if args.data_seed is not None else args.seed,
+        "train_file": args.train_file,
+        "counts": counts,
+    }
+
+
+def write_bundle_files(output_dir: str | Path, run: RunConfig, *, stats: dict, **info: Any) -> None:
+    """Write taxonomy.yaml, treasure.json and marker_stats.json beside the saved model and tokenizer."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    run.taxonomy.save(out / TAXONOMY_FILE)
+    (out / INFO_FILE).write_text(json.dumps(bundle_info(run, **info), indent=2, ensure_ascii=False) + "\n")
+    (out / STATS_FILE).write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+
+
+@dataclass
+class Bundle:
+    """A loaded run. `model` is None when loaded with `load_model=False`."""
+
+    path: Path
+    model: PreTrainedModel | None
+    tokenizer: PreTrainedTokenizerBase
+    taxonomy: Taxonomy  # the full taxonomy of the run
+    markers: MarkerConfig
+    stats: dict[str, Any]
+    info: dict[str, Any]  # treasure.json
+
+    @property
+    def marker_taxonomy(self) -> Taxonomy:
+        """The categories the model was trained with, in block order."""
+        return self.markers.marker_taxonomy(self.taxonomy)
+
+    @property
+    def chat_template_kwargs(self) -> dict[str, Any]:
+        return dict(self.info.get("chat_template_kwargs") or {})
+
+    def render_block(self, markers: dict[str, Any]) -> str:
+        """The block for `markers` in the run's format (what the prompt carries and the completion starts with)."""
+        return render_block(markers, self.marker_taxonomy, self.markers.format)
+
+    def prompt(self, messages: list[dict], markers: dict[str, Any] | None = None, **kwargs: Any) -> str:
+        """The prompt text for `messages` with `markers` in it, ready for generation (the chat template's work)."""
+        return self.tokenizer.apply_chat_template(
+            messages, markers=markers, add_generation_prompt=True, tokenize=False,
+            **{**self.chat_template_kwargs, **kwargs},
+        )  # fmt: skip
+
+    def split_completion(self, text: str) -> tuple[ParsedBlock, str]:
+        """A generated completion -> (its parsed marker block, the response after it)."""
+        return split_completion(text, self.marker_taxonomy, self.markers.format)
+
+
+def read_info(path: str | Path) -> dict[str, Any]:
+    info_path = Path(path) / INFO_FILE
+    if not info_path.is_file():
+        raise TreasureError(f"{path}: not a treasure bundle (no {INFO_FILE})")
+    try:
+        return json.loads(info_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise TreasureError(f"{info_path}:{e.lineno}: invalid JSON: {e.msg}") from None
+
+
+def _marker_config(info: dict[str, Any]) -> MarkerConfig:
+    return MarkerConfig.from_dict({k: info[k] for k in MarkerConfig.__dataclass_fields__ if k in info})
+
+
+def _load_base(name: str, tokenizer: PreTrainedTokenizerBase, dtype: Any) -> PreTrainedModel:
+    """The model a LoRA bundle was trained from, grown to the bundle's vocabulary."""
+    from transformers import AutoModelForCausalLM
+
+    from treasure.train.tiny import is_tiny, tiny_llama, tiny_tokenizer
+
+    if is_tiny(name):
+        model = tiny_llama(tiny_tokenizer())
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        except OSError as e:
+            raise TreasureError(f"cannot load the base model {name!r} of this LoRA bundle ({e})") from None
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        # The adapter holds the trained rows of the added tokens; their starting values do not matter here.
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    return model
+
+
+def load_bundle(
+    path: str | Path, *, load_model: bool = True, merge_adapter: bool = True, dtype: Any = "auto"
+) -> Bundle:
+    """Load a bundle saved by `treasure train` (or `treasure export`).
+
+    `load_model=False` loads only the tokenizer and metadata. A LoRA bundle's adapter is applied to its base model
+    (`info["base_model"]`) and, with `merge_adapter`, merged into a plain model.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    info = read_info(path)
+    taxonomy = load_taxonomy(path / TAXONOMY_FILE)
+    expected = info.get("taxonomy", {}).get("fingerprint")
+    if expected and taxonomy.fingerprint() != expected:
+        raise TreasureError(
+            f"{path / TAXONOMY_FILE}: fingerprint {taxonomy.fingerprint()} differs from the one the model was "
+            f"trained with ({expected}); the file was changed after training"
+        )
+    markers = _marker_config(info)
+    markers.check(taxonomy, f"{path / INFO_FILE}: categories")
+    stats_path = path / STATS_FILE
+    stats = json.loads(stats_path.read_text(encoding="utf-8")) if stats_path.is_file() else {}
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model = None
+    if load_model:
+        if (path / ADAPTER_FILE).is_file():
+            from peft import PeftModel
+
+            base = _load_base(info["base_model"], tokenizer, dtype)
+            model = PeftModel.from_pretrained(base, str(path))
+            if merge_adapter:
+                model = model.merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    return Bundle(path, model, tokenizer, taxonomy, markers, stats, info)
+
+
+def export_bundle(src: str | Path, dst: str | Path) -> Path:
+    """Write `src` as a plain Hugging Face checkpoint bundle into `dst`: a LoRA run's adapter merged into its base."""
+    src, dst = Path(src), Path(dst)
+    if dst.resolve() == src.resolve():
+        raise TreasureError(f"{dst}: export into a new folder, not the run's own")
+    bundle = load_bundle(src, merge_adapter=True)
+    dst.mkdir(parents=True, exist_ok=True)
+    bundle.model.save_pretrained(str(dst))
+    bundle.tokenizer.save_pretrained(str(dst))
+    for name in (TAXONOMY_FILE, STATS_FILE):
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+    info = {**bundle.info, "adapter": False, "exported_from": str(src)}
+    (dst / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    return dst

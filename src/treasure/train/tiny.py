@@ -1,0 +1,77 @@
+"""`tiny-llama`: a small Llama built on the spot from the packaged GPT-2 tokenizer, so training runs with no download.
+
+`model_name_or_path: tiny-llama` in a config means this model: 2 layers, width 64, 4 heads, tied embeddings,
+the GPT-2 byte-level BPE vocabulary (src/treasure/assets/gpt2-tokenizer.json) plus ChatML's two turn tokens, and a
+ChatML chat template. Its weights are drawn from a fixed seed (not the training seed), so `tiny-llama` names the
+same starting model in every run and a LoRA adapter trained on it can be reloaded. It exists for demos and tests;
+it learns string tasks, not language.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+TINY_LLAMA = "tiny-llama"
+TINY_SEED = 0
+CHATML_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+# The architecture; small enough that a CPU step is dominated by the 50k-row output layer.
+TINY_ARCH = dict(
+    hidden_size=64,
+    intermediate_size=176,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=2048,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+)
+
+
+def is_tiny(name: str | None) -> bool:
+    return name == TINY_LLAMA
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerBase:
+    """The packaged GPT-2 tokenizer with ChatML turn tokens and template; eos is `<|im_end|>`."""
+    from transformers import PreTrainedTokenizerFast
+
+    path = resources.files("treasure.assets").joinpath("gpt2-tokenizer.json")
+    with resources.as_file(path) as file:
+        tok = PreTrainedTokenizerFast(tokenizer_file=str(file), model_max_length=TINY_ARCH["max_position_embeddings"])
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.eos_token = "<|im_end|>"
+    tok.pad_token = "<|endoftext|>"
+    tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def tiny_llama(tokenizer: PreTrainedTokenizerBase | None = None) -> PreTrainedModel:
+    """The tiny Llama for `tokenizer` (default: `tiny_tokenizer()`), with weights drawn from TINY_SEED."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = tokenizer or tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **TINY_ARCH,
+    )
+    # Fork the RNG so building the model neither depends on nor disturbs the caller's seed.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        model = LlamaForCausalLM(config)
+    model.config.name_or_path = TINY_LLAMA
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model

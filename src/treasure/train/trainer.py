@@ -1,0 +1,216 @@
+"""Build TRL's `SFTTrainer` for a marker run, train it (resumable, data-parallel under `accelerate launch`), save.
+
+No Trainer subclass: the marker recipe lives in the dataset (render.py, data.py), the tokenizer and embeddings
+(tokens.py) and the chat template (chat_template.py). What this module sets on TRL's config, and why:
+
+- ``completion_only_loss=True``: the loss covers the completion (its marker block and the response), never the
+  prompt; TRL builds the labels from our `completion_mask`.
+- ``train_sampling_strategy="sequential"`` and one pass over per-epoch copies (data.py): the order and dropout of
+  every epoch are fixed by the seed, identical in the baseline arm, and resuming skips exactly the batches done.
+  ``num_train_epochs`` (or ``max_steps``) keeps its meaning; "epoch" save/eval/logging strategies become "steps"
+  with one epoch's worth of steps. The ``epoch`` TRL logs is the fraction of that single pass.
+- With LoRA and the compact format, the new token rows are trained through PEFT's ``trainable_token_indices``
+  (embeddings, and the LM head when it is not tied to them).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from treasure.errors import RecordError
+from treasure.records import read_records
+from treasure.train.config import RunConfig
+from treasure.train.data import DataSpec, build_dataset
+from treasure.train.render import epoch_plan
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+    from trl import SFTTrainer
+
+    from treasure.train.config import TreasureSFTConfig
+
+log = logging.getLogger(__name__)
+
+
+def load_train_records(path: str, run: RunConfig) -> tuple[list[dict], list[int]]:
+    """All records of `path` with their line numbers; the first invalid one (markers included) raises."""
+    records, lines = [], []
+    for line, rec in read_records(path, run.taxonomy):
+        if isinstance(rec, RecordError):
+            raise rec
+        records.append(rec)
+        lines.append(line)
+    if not records:
+        raise RecordError("no records", source=str(path))
+    return records, lines
+
+
+def data_seed(args: TreasureSFTConfig) -> int:
+    return args.data_seed if args.data_seed is not None else args.seed
+
+
+def epoch_copies(args: TreasureSFTConfig, n_records: int) -> int:
+    """How many per-epoch copies the run reads: its epochs, or enough for `max_steps`."""
+    if args.max_steps and args.max_steps > 0:
+        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        return max(1, math.ceil(args.max_steps * per_step / n_records))
+    return max(1, math.ceil(args.num_train_epochs))
+
+
+def trl_args(args: TreasureSFTConfig, n_records: int, copies: int) -> TreasureSFTConfig:
+    """A copy of `args` set up for one sequential pass over `copies` epoch copies (see the module docstring)."""
+    out = copy.copy(args)
+    out.completion_only_loss = True
+    out.train_sampling_strategy = "sequential"
+    out.chat_template_path = None  # applied by model.resolve_chat_template; TRL would overwrite the wrapped one
+    if not (args.max_steps and args.max_steps > 0):
+        out.num_train_epochs = args.num_train_epochs / copies
+    per_pass = args.per_device_train_batch_size * args.world_size
+    steps_per_epoch = max(1, math.ceil(math.ceil(n_records / per_pass) / args.gradient_accumulation_steps))
+    for strategy, steps in (("eval_strategy", "eval_steps"), ("save_strategy", "save_steps"),
+                            ("logging_strategy", "logging_steps")):  # fmt: skip
+        if getattr(out, strategy) == "epoch":
+            setattr(out, strategy, type(getattr(out, strategy))("steps"))
+            setattr(out, steps, steps_per_epoch)
+    return out
+
+
+@dataclass
+class Prepared:
+    """Everything built before the trainer: useful on its own to inspect what a run trains on."""
+
+    model: PreTrainedModel | None
+    tokenizer: PreTrainedTokenizerBase
+    spec: DataSpec
+    records: list[dict]
+    lines: list[int]
+    marker_token_ids: list[int] = field(default_factory=list)
+    train_dataset: Dataset | None = None
+    eval_dataset: Dataset | None = None
+    copies: int = 1
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def prepare(run: RunConfig, *, load_model: bool = True, build_datasets: bool = True) -> Prepared:
+    """Load records, model and tokenizer; add marker tokens; wrap the chat template; tokenise the datasets."""
+    from treasure.train.chat_template import wrap_chat_template
+    from treasure.train.model import load_model_and_tokenizer, load_tokenizer, resolve_chat_template
+    from treasure.train.tokens import add_marker_tokens, extend_tokenizer
+
+    args, markers = run.args, run.markers
+    name = run.model.model_name_or_path
+    records, lines = load_train_records(args.train_file, run)
+    model = None
+    if load_model:
+        model, tokenizer = load_model_and_tokenizer(run.model, args)
+    else:  # what the data looks like needs only the tokenizer
+        tokenizer = load_tokenizer(name, revision=run.model.model_revision, trust_remote_code=args.trust_remote_code)
+    template = resolve_chat_template(tokenizer, args, name)
+    ids: list[int] = []
+    if markers.adds_tokens:
+        mtax = markers.marker_taxonomy(run.taxonomy)
+        if model is not None:
+            ids = add_marker_tokens(model, tokenizer, mtax, markers.embedding_init)
+        else:
+            extend_tokenizer(tokenizer, mtax)
+    tokenizer.chat_template = wrap_chat_template(template, markers, run.taxonomy)
+    spec = DataSpec(markers, run.taxonomy, data_seed(args), template, args.chat_template_kwargs)
+    prep = Prepared(model, tokenizer, spec, records, lines, ids)
+    if build_datasets:
+        prep.copies = epoch_copies(args, len(records))
+        prep.train_dataset, counts = build_dataset(
+            tokenizer, records, spec, epoch_plan(len(records), prep.copies, spec.seed),
+            source=args.train_file, lines=lines, num_proc=args.dataset_num_proc,
+        )  # fmt: skip
+        prep.counts = {"records": len(records), "epochs": prep.copies, **counts}
+        if args.eval_file:
+            eval_records, eval_lines = load_train_records(args.eval_file, run)
+            prep.eval_dataset, _ = build_dataset(
+                tokenizer, eval_records, spec, [(0, i) for i in range(len(eval_records))],
+                source=args.eval_file, lines=eval_lines, num_proc=args.dataset_num_proc,
+            )  # fmt: skip
+    return prep
+
+
+def _peft_config(run: RunConfig, model: PreTrainedModel, marker_token_ids: list[int]):
+    """TRL's LoRA config from the YAML, plus the new marker rows as trainable tokens."""
+    from trl import get_peft_config
+
+    peft_config = get_peft_config(run.model)
+    if peft_config is None or not marker_token_ids:
+        return peft_config
+    names = {id(m): n for n, m in model.named_modules()}
+    targets = {names[id(model.get_input_embeddings())].split(".")[-1]: list(marker_token_ids)}
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not model.get_input_embeddings().weight:
+        targets[names[id(head)].split(".")[-1]] = list(marker_token_ids)
+    existing = dict(peft_config.trainable_token_indices or {})
+    for key, ids in targets.items():
+        existing[key] = sorted(set(existing.get(key, [])) | set(ids))
+    peft_config.trainable_token_indices = existing
+    return peft_config
+
+
+def _expose_lm_head_bias(model: Any) -> None:
+    """PEFT's TrainableTokensWrapper forwards `.weight` (merged rows) but not `.bias`, which TRL's fused LM head reads
+    (TRL 1.16, PEFT 0.21); give the wrapper its base layer's bias as a plain attribute."""
+    head = model.get_output_embeddings()
+    adapter = getattr(head, "token_adapter", None)
+    if head is not None and adapter is not None and "bias" not in head.__dict__:
+        object.__setattr__(head, "bias", getattr(adapter.base_layer, "bias", None))
+
+
+def build_trainer(run: RunConfig, prep: Prepared, callbacks: list[TrainerCallback] | None = None) -> SFTTrainer:
+    from trl import SFTTrainer
+
+    args = trl_args(run.args, len(prep.records), prep.copies)
+    trainer = SFTTrainer(
+        model=prep.model,
+        args=args,
+        train_dataset=prep.train_dataset,
+        eval_dataset=prep.eval_dataset,
+        processing_class=prep.tokenizer,
+        peft_config=_peft_config(run, prep.model, prep.marker_token_ids),
+        callbacks=callbacks,
+    )
+    _expose_lm_head_bias(trainer.model)
+    return trainer
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    metrics: dict[str, Any]
+    counts: dict[str, int]
+    resumed_from: str | None
+
+
+def train(run: RunConfig, *, resume: bool = False, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
+    """Train `run` and save its bundle into `output_dir`. `resume` continues from the last checkpoint there."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from treasure.stats import marker_stats
+    from treasure.train.bundle import write_bundle_files
+
+    output_dir = Path(run.args.output_dir)
+    resume_from = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
+    if resume and resume_from is None:
+        log.warning("--resume: no checkpoint in %s, starting from the beginning", output_dir)
+    prep = prepare(run)
+    trainer = build_trainer(run, prep, callbacks)
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    trainer.save_model(str(output_dir))
+    if trainer.args.should_save:
+        stats = marker_stats(prep.records, run.markers.marker_taxonomy(run.taxonomy))
+        write_bundle_files(
+            output_dir, run, stats=stats, marker_tokens=prep.tokenizer.convert_ids_to_tokens(prep.marker_token_ids),
+            adapter=run.model.use_peft, counts=prep.counts,
+        )  # fmt: skip
+    trainer.accelerator.wait_for_everyone()
+    return TrainResult(output_dir, dict(result.metrics), prep.counts, resume_from)
