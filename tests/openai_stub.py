@@ -38,6 +38,7 @@ class StubConfig:
     failure_rate: float = 0.0  # chance that one attempt fails (one of `failures`, chosen by hash)
     failures: tuple[str, ...] = FAILURES
     timeout_sleep: float = 3.0  # how long a "timeout" failure keeps the client waiting
+    fixed_status: int | None = None  # answer every request with this HTTP error (e.g. 401)
     stats: Counter = field(default_factory=Counter)  # what the server did, for assertions
 
 
@@ -85,6 +86,8 @@ def create_app(cfg: StubConfig) -> FastAPI:
         key = hashlib.sha256(raw).hexdigest()
         attempts[key] += 1
         cfg.stats["requests"] += 1
+        if cfg.fixed_status:
+            return JSONResponse({"error": {"message": "refused"}}, status_code=cfg.fixed_status)
         convo = json.dumps(body["messages"])
         failure = None
         if "<<always500>>" in convo:
@@ -98,7 +101,9 @@ def create_app(cfg: StubConfig) -> FastAPI:
         if failure == "500":
             return JSONResponse({"error": {"message": "internal error"}}, status_code=500)
         if failure == "429":
-            return JSONResponse({"error": {"message": "slow down"}}, status_code=429, headers={"retry-after": "0.05"})
+            return JSONResponse(
+                {"error": {"message": "slow down"}}, status_code=429, headers={"retry-after": "0.05"}
+            )
         if failure == "timeout":
             await asyncio.sleep(cfg.timeout_sleep)
         if failure == "malformed_body":
@@ -116,6 +121,10 @@ def create_app(cfg: StubConfig) -> FastAPI:
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         }
 
+    @app.get("/stats")
+    async def stats():
+        return dict(cfg.stats)
+
     return app
 
 
@@ -127,9 +136,13 @@ class StubServer:
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
-        config = uvicorn.Config(create_app(self.cfg), log_level="error", access_log=False, timeout_keep_alive=30)
+        config = uvicorn.Config(
+            create_app(self.cfg), log_level="error", access_log=False, timeout_keep_alive=30
+        )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
 
     @property
     def base_url(self) -> str:

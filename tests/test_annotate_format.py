@@ -84,7 +84,7 @@ def test_json_negative(text):
     [
         "<note><to>Tove</to><from>Jani</from></note>",
         '<?xml version="1.0" encoding="UTF-8"?>\n<catalog>\n  <book id="1"><title>X</title></book>\n</catalog>',
-        "```xml\n<root a=\"1\">\n  <child/>\n</root>\n```",
+        '```xml\n<root a="1">\n  <child/>\n</root>\n```',
         "<svg xmlns='http://www.w3.org/2000/svg'><circle r='4'/></svg>",
     ],
 )
@@ -186,6 +186,8 @@ MCQ_PROMPT = "What is the capital of France?\nA) Berlin\nB) Paris\nC) Rome\nD) M
         ("Answer: C", ""),  # no options in the prompt: explicit short answer
         ("(D)", ""),
         ("The answer is **B**.", "Which one? (A) x (B) y (C) z"),
+        ("**Answer:** B", MCQ_PROMPT),
+        ("THE ANSWER IS C", ""),
     ],
 )
 def test_mcq_positive(text, prompt):
@@ -200,6 +202,7 @@ def test_mcq_positive(text, prompt):
         ("It could be A or B.", MCQ_PROMPT),  # no single choice
         ("The answer is E.", MCQ_PROMPT),  # E is not an option
         ("C is a programming language created by Dennis Ritchie.", ""),
+        ("I will answer a few questions about it today.", ""),  # "answer a" names no option
         (PROSE, MCQ_PROMPT),
         (PROSE, ""),
     ],
@@ -327,9 +330,39 @@ def test_annotate():
     out = FormatAnnotator().annotate(
         [rec(PROSE), rec('{"a": 1}'), rec("B", MCQ_PROMPT), rec("- x\n- y"), rec("<a><b/></a>")]
     )
-    assert out == [{}, {"format": "JSON"}, {"format": "MCQAnswer"}, {"format": "Enumeration"}, {"format": "XML"}]
+    assert out == [
+        {},
+        {"format": "JSON"},
+        {"format": "MCQAnswer"},
+        {"format": "Enumeration"},
+        {"format": "XML"},
+    ]
 
 
 def test_huge_response_is_bounded():
     text = ("word " * 400_000) + "\n# late heading"
     assert detect_format(text) is None  # the heading lies beyond the scanned prefix
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        PROSE,
+        '{"a": 1}',
+        "<a><b/></a>",
+        "## Steps\n\n1. Take $\\frac{1}{2}$\n2. Double it",
+        "| a | b |\n|---|---|\n| 1 | 2 |",
+        "Step 1: 2 + 2 = 4\nStep 2: 4 * 3 = 12\nTherefore the answer is 12.",
+        "B) Paris",
+        "- x\n- y",
+        "# Title\n\ntext",
+        "```python\nprint(1)\n```",
+    ],
+)
+def test_detect_format_is_the_priority_order_of_the_detectors(text):
+    # detect_format shares intermediate results between detectors; it must still equal the plain definition.
+    expected = next(
+        (v for v in PRIORITY if (DETECTORS[v](text, MCQ_PROMPT) if v == "MCQAnswer" else DETECTORS[v](text))),
+        None,
+    )
+    assert detect_format(text, MCQ_PROMPT) == expected

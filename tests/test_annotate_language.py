@@ -10,6 +10,7 @@ import pytest
 from treasure.annotate.base import Annotator
 from treasure.annotate.language import (
     ISO_TO_LANGUAGE,
+    MAX_CHARS_PER_TURN,
     LanguageAnnotator,
     conversation_text,
     detect_language,
@@ -73,8 +74,12 @@ def test_clear_sentences(language):
 
 
 def test_annotate_reads_user_turn_and_response():
-    records = [rec(SENTENCES["French"], "Bien sûr ! La photosynthèse transforme la lumière en énergie chimique.")]
-    records.append(rec(SENTENCES["Korean"], "물론입니다. 광합성은 빛 에너지를 화학 에너지로 바꾸는 과정입니다."))
+    records = [
+        rec(SENTENCES["French"], "Bien sûr ! La photosynthèse transforme la lumière en énergie chimique.")
+    ]
+    records.append(
+        rec(SENTENCES["Korean"], "물론입니다. 광합성은 빛 에너지를 화학 에너지로 바꾸는 과정입니다.")
+    )
     assert LanguageAnnotator().annotate(records) == [{"language": "French"}, {"language": "Korean"}]
 
 
@@ -94,7 +99,7 @@ def test_code_does_not_count():
     "text",
     [
         "```python\nfor i in range(10):\n    print(i)\n```",
-        "{\n  \"a\": [1, 2, 3]\n}",
+        '{\n  "a": [1, 2, 3]\n}',
         "x = foo(bar[0]) + baz->qux;",
         "12345 67890 3.14",
         "🙂🙂🙂",
@@ -123,7 +128,7 @@ def test_languages_outside_the_taxonomy_are_left_out(text):
 
 def test_prose_is_bounded():
     text = "Bonjour tout le monde. " * 10_000
-    assert len(prose(text)) <= 300
+    assert len(prose(text)) <= MAX_CHARS_PER_TURN
     assert detect_language(text) == "French"
 
 
@@ -146,3 +151,15 @@ def test_language_confusion_accuracy():
     out = LanguageAnnotator().annotate(records)
     accuracy = sum(o.get("language") == gold for o, (_, gold) in zip(out, rows, strict=True)) / len(rows)
     assert accuracy >= MIN_ACCURACY, accuracy
+
+
+def test_english_fast_path_allows_typographic_punctuation():
+    text = "It’s the best way to learn — you don’t need anything else, and that’s what they said about it."
+    assert identify(text) == ("English", 1.0)
+    # Non-ASCII letters turn it off: the model decides.
+    assert identify("Это лучший способ учиться, и это то, что они сказали об этом, the end.")[0] == "Russian"
+
+
+@pytest.mark.parametrize("text", ["a b c", "lol", "- x\n" * 20, "hmm ok"])
+def test_letter_junk_is_left_out(text):
+    assert identify(text)[0] is None

@@ -3,6 +3,7 @@ model (the worst case: it knows nothing of markers) always starts its output wit
 
 from __future__ import annotations
 
+import random
 from importlib import resources
 
 import pytest
@@ -10,19 +11,23 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import AddedToken
-from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, PreTrainedTokenizerFast
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    LogitsProcessor,
+    PreTrainedTokenizerFast,
+    StoppingCriteria,
+)
 
 from treasure.errors import TaxonomyError
 from treasure.generate.constrain import MarkerConstraint, MarkerTokenizationError
 from treasure.markers import (
-    COMPACT_CLOSE,
     COMPACT_OPEN,
     PAPER_CLOSE,
     PAPER_OPEN,
     SEPARATOR,
     compact_tokens,
     format_value,
-    parse_block,
     render_block,
     split_completion,
 )
@@ -45,6 +50,15 @@ def _tokenizer(fmt: str) -> PreTrainedTokenizerFast:
 @pytest.fixture(scope="module")
 def toks() -> dict[str, PreTrainedTokenizerFast]:
     return {fmt: _tokenizer(fmt) for fmt in ("paper", "compact")}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and far more steadily on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +160,69 @@ def test_a_prompt_ending_in_a_space_merges_with_the_block(toks):
         MarkerConstraint(toks["paper"], PAPER, "paper", prompt_end="Assistant: ")
 
 
+# Llama-3's pre-tokenizer regex (Qwen2's differs only in splitting digits one by one): "<MARKER" is one pre-token,
+# digits go in threes and the space before a number stands alone, and ">\n" is one pre-token.
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+
+
+def _llama3_style_tokenizer() -> PreTrainedTokenizerFast:
+    """A small byte-level BPE with Llama-3's pre-tokenizer, trained here on rendered blocks and a little text."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    rng = random.Random(0)
+    corpus = []
+    for _ in range(300):
+        markers = {
+            c.name: rng.choice(c.values) if not c.numeric else rng.randint(0, 999)
+            for c in PAPER
+            if rng.random() < 0.4
+        }
+        corpus.append(render_block(markers, PAPER) + "\nHello world, this is a response. 1234.\n")
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tk.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tk.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=1200, initial_alphabet=alphabet))
+    return PreTrainedTokenizerFast(tokenizer_object=tk)
+
+
+def test_a_llama3_style_pre_tokenizer(toks):
+    """Pieces are cut where that pre-tokenizer cuts too: the closer and its separator are one piece (">\n")."""
+    tok = _llama3_style_tokenizer()
+    assert any(t.endswith(">Ċ") for t in tok.convert_ids_to_tokens(_enc(tok, " </MARKER_LIST>\nHi")))
+    con = MarkerConstraint(tok, PAPER, "paper")
+    rng = random.Random(1)
+    for _ in range(200):
+        numbers = {"int": [0, 7, 120, 123456], "float": [0.0, 0.87, -3.5, 1234.5]}
+        markers = {c.name: rng.choice(numbers.get(c.kind) or c.values) for c in PAPER if rng.random() < 0.3}
+        ids = _enc(tok, render_block(markers, PAPER) + "\n" + "Sure.")
+        assert con.block_length(ids) == len(_enc(tok, render_block(markers, PAPER) + "\n")), markers
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4,
+    )  # fmt: skip
+    model = LlamaForCausalLM(cfg).eval()
+    enc = {"input_ids": torch.tensor([_enc(tok, "Hello world")])}
+    for seed in range(3):
+        torch.manual_seed(seed)
+        proc = con.logits_processor({"length_tokens": 1234, "domain": "Code"})
+        out = model.generate(
+            **enc, logits_processor=[proc], do_sample=True, max_new_tokens=200, pad_token_id=0
+        )
+        text = tok.decode(out[0, enc["input_ids"].shape[1] :])
+        _check_block(text, "paper", {"length_tokens": 1234, "domain": "Code"}, PAPER.names)
+        assert proc.results(out)[0].closed
+
+
 def test_separator_merges_with_a_response_starting_with_newlines(toks):
     """The other documented exception: "\\n" + "\\nHi" is "\\n\\n" (one id) + ...; the machine forces "\\n" alone."""
     tok = toks["paper"]
@@ -219,6 +296,20 @@ def test_invalid_blocks_do_not_walk(toks):
 # ---------------------------------------------------------------------------------------------------------------
 # Generation with an untrained model.
 
+
+class _BlocksClosed(StoppingCriteria):
+    """Stop once every row has closed its block and written a few response tokens (blocks run up to ~180 ids)."""
+
+    def __init__(self, proc, prompt_width: int, response_tokens: int = 4):
+        self.proc, self.prompt_width, self.response_tokens = proc, prompt_width, response_tokens
+
+    def __call__(self, input_ids, scores, **kwargs):
+        written = input_ids.shape[1] - self.prompt_width
+        results = self.proc.results(input_ids)
+        done = all(r.closed and written - r.tokens >= self.response_tokens for r in results)
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool)
+
+
 FIXED_SETS = [
     None,
     {"domain": "Code"},
@@ -228,20 +319,19 @@ FIXED_SETS = [
 ]
 
 
-@pytest.mark.parametrize("fmt", ["paper", "compact"])
-def test_untrained_model_always_writes_a_valid_block(toks, models, fmt):
-    """Sampling hot (temperature >= 1) from random weights, left-padded batches whose rows fix different markers:
-    every row starts with a complete valid block, fixed markers in place, then a free response."""
-    tok, model = toks[fmt], models[fmt]
+def _untrained_model_writes_valid_blocks(tok, model, fmt: str, seeds: range) -> None:
     con = MarkerConstraint(tok, PAPER, fmt)
     enc = tok(PROMPTS, return_tensors="pt", padding=True)
     longest = 0
-    for seed in range(8):
+    for seed in seeds:
         torch.manual_seed(seed)
         fixed = [FIXED_SETS[(seed + k) % len(FIXED_SETS)] for k in range(len(PROMPTS))]
         proc = con.logits_processor(fixed)
         sampling = {"temperature": 1.0 + 0.25 * (seed % 3)} | ({"top_p": 0.95} if seed % 2 else {"top_k": 0})
-        out = model.generate(**enc, logits_processor=[proc], do_sample=True, max_new_tokens=190, **sampling)
+        out = model.generate(
+            **enc, logits_processor=[proc], stopping_criteria=[_BlocksClosed(proc, enc.input_ids.shape[1])], do_sample=True,
+            max_new_tokens=200, **sampling,
+        )  # fmt: skip
         completions = out[:, enc.input_ids.shape[1] :]
         for row, result in enumerate(proc.results(out)):
             text = tok.decode(completions[row])
@@ -251,6 +341,19 @@ def test_untrained_model_always_writes_a_valid_block(toks, models, fmt):
             assert len(completions[row]) > result.tokens  # a response follows
             longest = max(longest, result.tokens)
     assert longest > con.min_block_tokens() + 5  # the sampled blocks are not all trivial
+
+
+@pytest.mark.parametrize("fmt", ["paper", "compact"])
+def test_untrained_model_always_writes_a_valid_block(toks, models, fmt):
+    """Sampling hot (temperature >= 1) from random weights, left-padded batches whose rows fix different markers:
+    every row starts with a complete valid block, fixed markers in place, then a free response."""
+    _untrained_model_writes_valid_blocks(toks[fmt], models[fmt], fmt, range(5))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["paper", "compact"])
+def test_untrained_model_always_writes_a_valid_block_many_seeds(toks, models, fmt):
+    _untrained_model_writes_valid_blocks(toks[fmt], models[fmt], fmt, range(5, 65))
 
 
 def test_restricted_categories_and_greedy(toks, models):
@@ -303,7 +406,7 @@ def test_budget_forces_the_block_closed_and_flags_it(toks, models):
         proc = con.logits_processor([None, {"length_tokens": 120}, {"domain": "Math", "language": "Greek"}])
         out = model.generate(**enc, logits_processor=[bias, proc], do_sample=False, max_new_tokens=200)
         outs[name] = (out[:, enc.input_ids.shape[1] :], proc.results(out))
-    for row, result in enumerate(outs["free"][1]):
+    for result in outs["free"][1]:
         # the grammar alone bounds it: every category once, numbers capped at 6 digits
         assert result.closed and not result.forced and result.digit_limit
     for row, result in enumerate(outs["capped"][1]):
@@ -367,9 +470,10 @@ def test_a_suppressed_forced_token_falls_back_to_the_allowed_ids(toks, models):
     enc = tok(PROMPTS[:1], return_tensors="pt")
     opener_first = _enc(tok, PAPER_OPEN)[0]
     torch.manual_seed(0)
+    proc = con.logits_processor()
     out = model.generate(
-        **enc, logits_processor=[con.logits_processor()], suppress_tokens=[opener_first], do_sample=True,
-        max_new_tokens=190,
+        **enc, logits_processor=[proc], stopping_criteria=[_BlocksClosed(proc, enc.input_ids.shape[1])], suppress_tokens=[opener_first],
+        do_sample=True, max_new_tokens=200,
     )  # fmt: skip
     _check_block(tok.decode(out[0, enc.input_ids.shape[1] :]), "paper", None, PAPER.names)
 
@@ -412,3 +516,15 @@ def test_bad_arguments(toks, models):
         ValueError, match="resize"
     ):  # the compact tokens are past an un-resized model's vocabulary
         models["paper"].generate(**enc, logits_processor=[compact.logits_processor()], max_new_tokens=2)
+
+
+def test_many_fixed_sets_reset_the_memo_without_breaking_processors(toks, monkeypatch):
+    from treasure.generate import constrain
+
+    monkeypatch.setattr(constrain, "_MAX_STARTS", 3)
+    tok = toks["compact"]
+    con = MarkerConstraint(tok, PAPER, "compact", categories=["length_tokens", "domain"])
+    blocks = {n: con.render_ids({"length_tokens": n, "domain": "Code"}) for n in range(8)}
+    for n, ids in blocks.items():
+        assert con.block_length(ids, fixed={"length_tokens": n}) == len(ids)
+    assert len(con._machine._starts) <= 3

@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from treasure.evaluate.sandbox import run_python, sandbox_info
+from treasure.evaluate.sandbox import SandboxUnavailableError, run_python, sandbox_info
 
 REPO = Path(__file__).resolve().parents[1]
 
+try:
+    ISOLATION = set(sandbox_info()["isolation"])
+except SandboxUnavailableError as e:  # e.g. root in a container that allows neither namespaces nor setuid
+    pytest.skip(str(e), allow_module_level=True)
 # What only namespaces give; without them (another machine) the tests that need them are skipped, not failed.
-ISOLATION = set(sandbox_info()["isolation"])
 needs_netns = pytest.mark.skipif("net-namespace" not in ISOLATION, reason="no network namespace here")
 needs_private_fs = pytest.mark.skipif("read-only-fs" not in ISOLATION, reason="no private filesystem here")
 
@@ -78,8 +81,8 @@ def test_infinite_loop_times_out():
 
 
 def test_cpu_limit_stops_a_busy_loop_before_the_wall_clock():
-    r = run("while True:\n    pass\n", timeout=8, cpu_seconds=1)
-    assert r.status == "timeout" and r.duration < 5 and r.cpu_time >= 0.9
+    r = run("while True:\n    pass\n", timeout=10, cpu_seconds=1)
+    assert r.status == "timeout" and r.returncode == -24 and r.duration < 8 and r.cpu_time >= 0.9  # SIGXCPU
 
 
 def test_fork_loop_is_capped_by_the_process_limit():

@@ -6,8 +6,8 @@ Rules, no model. Code is found in three places, in this order of trust:
    `ALIASES` (``py``, ``python3``, ``c++``, ``cs``, ``sh``, ``golang``, ...) to one of the taxonomy's 17 values;
 2. fenced blocks without a language, and runs of indented code (4 spaces or a tab) outside fences: the language
    is recognised by `detect_language`, which scores distinctive keyword/syntax signatures per language;
-3. a response with no fence and no indented block that still looks like bare code (most of its first lines carry
-   code syntax) goes through `detect_language` with a stricter threshold.
+3. a response with no fence and no indented block that still looks like bare code (a third or more of its first
+   lines carry code syntax) goes through `detect_language` with a stricter threshold.
 
 Each block votes for its language with its number of non-blank lines; the language with the most code lines
 wins. A block whose language is not one of the 17 (```html, ```yaml, ```json, ```text) carries no vote, and a
@@ -83,6 +83,11 @@ _INFO_WORD_RE = re.compile(r"[{.\s]*([^\s{},=:]+)")
 # also let `re` skip ahead quickly.
 _M = re.M
 _MI = re.M | re.I
+_SHELL_COMMANDS = (
+    "sudo", "apt", "apt-get", "pip", "pip3", "npm", "npx", "yarn", "brew", "cd", "ls", "mkdir", "rm", "cp", "mv",
+    "chmod", "chown", "export", "grep", "curl", "wget", "git", "docker", "tar", "source", "kubectl", "conda",
+    "systemctl", "ssh", "make", "touch", "cat", "echo",
+)  # fmt: skip
 _Sig = tuple[tuple[str, ...], str, float, int]
 _SIGNATURES: dict[str, list[_Sig]] = {
     "python": [
@@ -346,46 +351,7 @@ _SIGNATURES: dict[str, list[_Sig]] = {
     "shell": [
         (("#!",), r"^#!\s*/(usr/)?bin/(env )?(ba|z|k|da)?sh\b", 5, _M),
         (("$ ",), r"^[ \t]*\$ \w", 2, _M),
-        (
-            (
-                "sudo",
-                "apt",
-                "pip",
-                "pip3",
-                "npm",
-                "npx",
-                "yarn",
-                "brew",
-                "cd",
-                "ls",
-                "mkdir",
-                "rm",
-                "cp",
-                "mv",
-                "chmod",
-                "chown",
-                "export",
-                "grep",
-                "curl",
-                "wget",
-                "git",
-                "docker",
-                "tar",
-                "source",
-                "kubectl",
-                "conda",
-                "systemctl",
-                "ssh",
-                "make",
-                "touch",
-                "cat",
-                "echo",
-            ),
-            r"^[ \t]*(\$ )?(sudo|apt(-get)?|pip3?|npm|npx|yarn|brew|cd|ls|mkdir|rm|cp|mv|chmod|chown|export|"
-            r"grep|curl|wget|git|docker|tar|source|kubectl|conda|systemctl|ssh|make|touch|cat|echo)( |$)",
-            1.5,
-            _M,
-        ),
+        (_SHELL_COMMANDS, rf"^[ \t]*(\$ )?(?:{'|'.join(_SHELL_COMMANDS)})( |$)", 1.5, _M),
         (("fi", "done", "esac"), r"^[ \t]*(fi|done|esac)[ \t]*;?[ \t]*$", 2.5, _M),
         (("[ ",), r"^[ \t]*(if|while) \[\[? ", 3, _M),
         (("do",), r"^[ \t]*for \w+ in [^\n]*;\s*do\b", 3, _M),

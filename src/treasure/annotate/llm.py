@@ -92,6 +92,13 @@ class LLMSettings:
         return self.cache or _default_cache()
 
 
+def llm_chunk_size(concurrency: int) -> int:
+    """The default `--chunk-size` of a run with an LLM. The pipeline waits for a chunk's slowest request before
+    the next chunk starts, so a chunk should hold many rounds of requests: at 64 in flight, chunks of 512 reached
+    77% of a bare request loop's throughput and chunks of 4096 all of it (bench/RESULTS_llm.md)."""
+    return max(512, 64 * concurrency)
+
+
 def llm_categories(taxonomy: Taxonomy, settings: LLMSettings) -> list[str]:
     """The categories the LLM fills: the explicit list, else `annotator: llm` ones, else the paper's three."""
     if settings.categories:
@@ -112,13 +119,19 @@ class FewShot:
     messages: tuple[dict, ...]
 
 
+def _fewshot_source(path: str | None):
+    if path is None:
+        return resources.files("treasure.annotate").joinpath("seeds/llm_fewshot.jsonl")
+    if not Path(path).is_file():
+        raise TreasureError(f"--llm-fewshot {path}: no such file")
+    return Path(path)
+
+
 def load_fewshot(path: str | None, taxonomy: Taxonomy, categories: list[str]) -> dict[str, list[FewShot]]:
     """Few-shot examples per category. A user's file must be valid; built-in examples that do not fit a user's
     taxonomy (a value it lacks) are dropped, since they were written for the paper's taxonomy."""
     strict = path is not None
-    source = Path(path) if path else resources.files("treasure.annotate").joinpath("seeds/llm_fewshot.jsonl")
-    if strict and not Path(source).is_file():
-        raise TreasureError(f"--llm-fewshot {path}: no such file")
+    source = _fewshot_source(path)
     out: dict[str, list[FewShot]] = {c: [] for c in categories}
     for lineno, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -243,10 +256,15 @@ def parse_answer(text: str | None, cat: Category) -> tuple[str | int | float | N
         data: Any = json.loads(body)
     except json.JSONDecodeError:
         found = _OBJECT.search(body)
-        try:
-            data = json.loads(found.group(0)) if found else body.strip(" \t\n\"'.`")
-        except json.JSONDecodeError:
-            return None, f"not JSON: {text[:80]!r}"
+        if found is None and not body.startswith(("{", "[")):
+            data = body.strip(" \t\n\"'.`")  # a bare value, as small models often answer
+        else:
+            try:
+                data = json.loads(found.group(0)) if found else None
+            except json.JSONDecodeError:
+                found = None
+            if found is None:
+                return None, f"not JSON: {text[:80]!r}"
     if isinstance(data, dict):
         for key in ("value", cat.name):
             if key in data:
@@ -254,12 +272,12 @@ def parse_answer(text: str | None, cat: Category) -> tuple[str | int | float | N
                 break
         else:
             return None, f"no `value` in {text[:80]!r}"
-    if _is_none(data, cat):
-        return None, None
+    if _is_none(data, cat):  # null from a category with Unspecified means Unspecified
+        return (UNSPECIFIED if UNSPECIFIED in cat.values else None), None
     try:
         return cat.coerce(data), None
-    except TaxonomyError as e:
-        return None, str(e).split(": ", 1)[-1]
+    except TaxonomyError:
+        return None, f"{str(data)[:60]!r} is not an allowed value"
 
 
 def correction(reason: str, cat: Category) -> str:
@@ -323,7 +341,6 @@ class Outcome:
     answers: list[str]
     note: str | None = None
     cached: bool = False
-    settled: bool = True  # False: a transport failure, never cached
 
     def to_cache(self) -> dict:
         return {"value": self.value, "answers": self.answers, "note": self.note}
@@ -341,7 +358,10 @@ class LLMAnnotator:
     """Fills categories by asking an LLM; see the module docstring. Call `close()` (or rely on process exit)."""
 
     def __init__(self, taxonomy: Taxonomy, settings: LLMSettings, categories: list[str] | None = None):
-        import httpx2
+        try:
+            import httpx2
+        except ImportError:
+            raise TreasureError("the LLM annotator needs httpx2: pip install 'treasure[llm]'") from None
 
         if settings.structured not in ("json_schema", "json_object", "none"):
             raise TreasureError(
@@ -356,9 +376,15 @@ class LLMAnnotator:
         self._prefix = {
             c.name: self._prefix_messages(c, shots[c.name][: settings.num_fewshot]) for c in self._cats
         }
-        prompt_blob = json.dumps([self._prefix[c] for c in self.categories], sort_keys=True).encode()
-        self.prompt_version = f"v{PROMPT_VERSION}-{hashlib.sha256(prompt_blob).hexdigest()[:6]}"
+        # The prompt's version covers everything the prompts are made of (wording version, taxonomy, examples,
+        # settings), not which categories this run asks for, so a marker's provenance does not depend on that.
+        recipe = [PROMPT_VERSION, taxonomy.fingerprint(), _fewshot_source(settings.fewshot).read_text(encoding="utf-8"),
+                  settings.num_fewshot, settings.max_chars, settings.structured]  # fmt: skip
+        self.prompt_version = (
+            f"v{PROMPT_VERSION}-{hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:6]}"
+        )
         self.name = f"llm:{settings.model}:{self.prompt_version}"
+        self._static = {c.name: self._static_key(c) for c in self._cats}
         cache = settings.cache_path()
         self._cache = ResponseCache(cache) if cache else None
         self._httpx = httpx2
@@ -366,7 +392,6 @@ class LLMAnnotator:
         self._thread = threading.Thread(target=self._loop.run_forever, name="llm-annotator", daemon=True)
         self._thread.start()
         self._client = None  # created on the loop's thread
-        self.requests = 0  # HTTP requests sent, for benchmarks and tests
 
     def _prefix_messages(self, cat: Category, shots: list[FewShot]) -> list[dict]:
         msgs = [{"role": "system", "content": system_prompt(cat)}]
@@ -377,18 +402,20 @@ class LLMAnnotator:
             msgs.append({"role": "assistant", "content": _answer_json(shot.value)})
         return msgs
 
-    def _job(self, i: int, record: dict, cat: Category) -> _Job:
+    def _static_key(self, cat: Category) -> str:
+        """Everything of a request's cache key except the record: hashed once per category."""
         s = self.settings
-        messages = [
-            *self._prefix[cat.name],
-            {"role": "user", "content": render_conversation(record["messages"], s.max_chars)},
-        ]
         keyed = {
-            "model": s.model, "taxonomy": [self.taxonomy.name, self.taxonomy.version], "messages": messages,
+            "model": s.model, "taxonomy": [self.taxonomy.name, self.taxonomy.version], "prefix": self._prefix[cat.name],
             "format": response_format(cat, s.structured), "temperature": s.temperature,
             "max_tokens": s.max_tokens, "max_attempts": s.max_attempts, "prompt": PROMPT_VERSION,
         }  # fmt: skip
-        key = hashlib.sha256(json.dumps(keyed, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        return hashlib.sha256(json.dumps(keyed, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+    def _job(self, i: int, record: dict, cat: Category) -> _Job:
+        shown = render_conversation(record["messages"], self.settings.max_chars)
+        messages = [*self._prefix[cat.name], {"role": "user", "content": shown}]
+        key = hashlib.sha256(f"{self._static[cat.name]}\x00{shown}".encode()).hexdigest()
         return _Job(i, cat, messages, key)
 
     # ---------------------------------------------------------------------------------------------- public
@@ -462,8 +489,14 @@ class LLMAnnotator:
             )
             self._sem = asyncio.Semaphore(s.concurrency)
         # A TaskGroup cancels the other requests when one raises EndpointError, so the run stops promptly.
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(self._settle(job)) for job in jobs]
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self._settle(job)) for job in jobs]
+        except BaseExceptionGroup as group:
+            first: BaseException = group
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
         return [t.result() for t in tasks]
 
     async def _settle(self, job: _Job) -> Outcome:
@@ -473,7 +506,7 @@ class LLMAnnotator:
             try:
                 text = await self._complete(messages, cat)
             except _Unanswered as e:
-                return self._fallback(cat, answers, f"no answer: {e}", settled=False)
+                return self._fallback(cat, answers, f"no answer: {e}")  # not cached: a re-run asks again
             answers.append(text)
             value, problem = parse_answer(text, cat)
             if problem is None:
@@ -490,8 +523,8 @@ class LLMAnnotator:
         return outcome
 
     @staticmethod
-    def _fallback(cat: Category, answers: list[str], why: str, settled: bool = True) -> Outcome:
-        return Outcome(UNSPECIFIED if UNSPECIFIED in cat.values else None, answers, why, settled=settled)
+    def _fallback(cat: Category, answers: list[str], why: str) -> Outcome:
+        return Outcome(UNSPECIFIED if UNSPECIFIED in cat.values else None, answers, why)
 
     async def _complete(self, messages: list[dict], cat: Category) -> str:
         """One answer's text. Retries what a retry can fix; raises _Unanswered or EndpointError otherwise."""
@@ -505,7 +538,6 @@ class LLMAnnotator:
             wait = None
             try:
                 async with self._sem:
-                    self.requests += 1
                     resp = await self._client.post("/chat/completions", json=body)
             except httpx.ConnectError as e:
                 error = f"cannot connect to {s.base_url} ({e})"

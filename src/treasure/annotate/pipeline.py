@@ -243,11 +243,12 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(opts: AnnotateOptions) -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one process per core; threads would oversubscribe
     tax = load_taxonomy(opts.taxonomy)
     _WORKER.update(taxonomy=tax, annotators=build_annotators(tax, opts)[0], opts=opts)
+    # One process per core; torch threads would oversubscribe. Only workers whose annotators use torch import it
+    # (importing it costs seconds per worker, which heuristic-only runs need not pay).
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 def _process_chunk(args: tuple[str, list[tuple[int, Any]]]) -> list[tuple[int, dict | RecordError]]:
@@ -261,12 +262,8 @@ def _process_chunk(args: tuple[str, list[tuple[int, Any]]]) -> list[tuple[int, d
             out.append((line, raw))
             continue
         try:
-            good.append(
-                (
-                    line,
-                    normalize_record(raw, source=source, line=line, taxonomy=tax, max_chars=opts.max_chars),
-                )
-            )
+            rec = normalize_record(raw, source=source, line=line, taxonomy=tax, max_chars=opts.max_chars)
+            good.append((line, rec))
         except RecordError as e:
             e.raw = raw
             out.append((line, e))
@@ -375,7 +372,8 @@ def plan_run(
         raise TreasureError(f"{out_path}: unknown output type {out_path.suffix!r} (use .jsonl or .parquet)")
     if out_path.resolve() == in_path.resolve():
         raise TreasureError(f"{out_path}: the output must not overwrite the input")
-    annotators, skipped = build_annotators(taxonomy, opts)
+    annotators, skipped = build_annotators(taxonomy, opts)  # fail fast on bad options, before reading
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     # Parquet cannot be appended to safely: stream JSONL, convert at the end.
     stream = out_path if out_path.suffix == ".jsonl" else out_path.with_name(out_path.name + ".partial.jsonl")
     return RunPlan(
@@ -461,9 +459,8 @@ def run_annotate(
 def _progress_bar(initial: int, progress: bool | None):
     from tqdm.auto import tqdm
 
-    bar = tqdm(desc="annotate", unit="rec", initial=initial, file=sys.stderr)
-    bar.disable = not sys.stderr.isatty() if progress is None else not progress
-    return bar
+    disable = not sys.stderr.isatty() if progress is None else not progress
+    return tqdm(desc="annotate", unit="rec", initial=initial, file=sys.stderr, disable=disable)
 
 
 def _stream_local(plan: RunPlan, state: dict, num_proc: int, progress: bool | None) -> None:

@@ -166,19 +166,18 @@ def _shard_files(plan: RunPlan, index: int) -> tuple[Path, Path, Path]:
 
 
 def _original_error(exc: BaseException) -> BaseException:
-    """The TreasureError a worker raised, out of Ray's wrappers (so the CLI shows one line)."""
-    seen: set[int] = set()
-    todo = [exc]
-    while todo:
-        e = todo.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, TreasureError):
-            return e
-        todo += [
-            x for x in (getattr(e, "cause", None), e.__cause__, e.__context__) if isinstance(x, BaseException)
-        ]
+    """The TreasureError a worker raised, out of Ray's wrapper (so the CLI shows its one line), else `exc`."""
+    err: BaseException | None = exc
+    while err is not None:
+        cause = getattr(err, "cause", None)  # RayTaskError: the worker's own exception
+        if isinstance(cause, BaseException):
+            err = cause
+        elif isinstance(err, TreasureError):
+            if err.args and isinstance(err.args[0], str):  # Ray appends its retry advice to the message
+                err.args = (err.args[0].split("\n", 1)[0], *err.args[1:])
+            return err
+        else:
+            err = err.__cause__
     return exc
 
 
@@ -252,25 +251,33 @@ def stream_ray(
 
 
 def _run_shards(plan: RunPlan, state: dict, pending: list[dict], num_workers, address, progress) -> None:
-    import ray
-    import ray.data
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise TreasureError("--engine ray needs Ray Data: pip install 'treasure[ray]'") from None
 
     started = _connect(address, num_workers)
+    ctx = ray.data.DataContext.get_current()
+    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start,
+             ctx.raise_original_map_exception)  # fmt: skip
     try:
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-        ctx = ray.data.DataContext.get_current()
-        ctx.execution_options.preserve_order = (
-            True  # shard order: the first bad record fails first, as locally
-        )
-        ctx.enable_progress_bars = False
-        ctx.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        # Ray Data logs a worker's exception with its traceback before raising it; we raise it (ours as one line).
+        for name in ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        # Results in shard order, so the first bad record fails the run first, as in the local engine; a worker's
+        # TreasureError reaches the driver as itself.
+        ctx.execution_options.preserve_order = True
+        ctx.enable_progress_bars = ctx.print_on_execution_start = False
+        ctx.raise_original_map_exception = True
         workers = num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         ds = ray.data.from_items(pending, override_num_blocks=len(pending)).map_batches(
             ShardWorker,
             fn_constructor_args=(plan.opts, str(plan.in_path)),
             batch_size=1,
             batch_format="pyarrow",
-            concurrency=min(workers, len(pending)),
+            compute=ray.data.ActorPoolStrategy(size=min(workers, len(pending))),
             num_cpus=1,
         )
         with _progress_bar(state["consumed"], progress) as bar:
@@ -292,8 +299,13 @@ def _run_shards(plan: RunPlan, state: dict, pending: list[dict], num_workers, ad
             except RecordError:
                 raise
             except Exception as e:
-                raise _original_error(e) from None
+                ours = _original_error(e)
+                if ours is e:
+                    raise
+                raise ours from None
     finally:
+        (ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start,
+         ctx.raise_original_map_exception) = saved  # fmt: skip
         if started:
             ray.shutdown()
 

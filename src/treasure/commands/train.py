@@ -67,15 +67,13 @@ def register(sub) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from accelerate import PartialState
-
     from treasure.train.config import load_config
     from treasure.train.trainer import train
 
     overrides = _split(args, _train_options)
     run = load_config(args.config, overrides)
     m = run.markers
-    main = PartialState().is_main_process
+    main = run.args.process_index == 0  # under accelerate launch, only the main process prints
     if main:
         cats = ", ".join(m.categories) if m.categories else f"all {len(run.taxonomy.categories)}"
         print(
@@ -99,7 +97,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_inspect(args: argparse.Namespace) -> int:
     from treasure.errors import ConfigError
     from treasure.train.config import load_config
-    from treasure.train.inspect import describe, legend
+    from treasure.train.token_view import describe, legend
     from treasure.train.render import epoch_order
     from treasure.train.trainer import prepare
 

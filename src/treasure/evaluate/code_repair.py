@@ -26,8 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 
 from treasure.errors import RecordError
 from treasure.evaluate.sandbox import SandboxResult, run_python
@@ -168,7 +167,9 @@ def extract_code(response: str, problem: FixProblem) -> str:
     body (a completion-style answer) is put under the problem's declaration.
     """
     defines = re.compile(rf"^[ \t]*(async[ \t]+)?def[ \t]+{re.escape(problem.entry_point)}[ \t]*\(", re.M)
-    blocks = [body for lang, body in _FENCE.findall(response) if lang.lower() in ("", "python", "py", "python3")]
+    blocks = [
+        body for lang, body in _FENCE.findall(response) if lang.lower() in ("", "python", "py", "python3")
+    ]
     with_def = [b for b in blocks if defines.search(b)]
     if with_def:
         text = with_def[-1]
@@ -255,7 +256,9 @@ def verify_harness(
     )
 
 
-def _run_all(jobs: Iterable[tuple[FixProblem, str]], workers: int | None, timeout: float) -> list[SandboxResult]:
+def _run_all(
+    jobs: Iterable[tuple[FixProblem, str]], workers: int | None, timeout: float
+) -> list[SandboxResult]:
     # Threads suffice: each job waits on its own sandboxed process.
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:
         return list(pool.map(lambda job: check(job[0], job[1], timeout=timeout), jobs))
@@ -284,7 +287,11 @@ def _as_body(text: str, problem: FixProblem) -> str:
 def _parseable_code(text: str, entry_point: str) -> str:
     """The longest stretch of lines around the `def entry_point` that parses: prose before and after cut off."""
     lines = text.split("\n")
-    def_line = next(i for i, line in enumerate(lines) if re.match(rf"\s*(async\s+)?def\s+{entry_point}\s*\(", line))
+    def_line = next(
+        i
+        for i, line in enumerate(lines)
+        if re.match(rf"\s*(async\s+)?def\s+{re.escape(entry_point)}\s*\(", line)
+    )
     start = def_line
     # Include the imports, decorators and helper definitions directly above, up to the first prose line.
     while start > 0 and (
@@ -295,8 +302,12 @@ def _parseable_code(text: str, entry_point: str) -> str:
         or lines[start - 1].lstrip().startswith("#")
     ):
         start -= 1
-    for begin in range(start, def_line + 1):
-        for end in range(len(lines), def_line, -1):
+    # Code can only start or stop at a line that starts at column 0 (prose does too), so only those are tried.
+    at_margin = [i for i, line in enumerate(lines) if line.strip() and not line[:1].isspace()] + [len(lines)]
+    begins = [i for i in at_margin if start <= i < def_line] + [def_line]
+    ends = [i for i in reversed(at_margin) if i > def_line]
+    for begin in begins:
+        for end in ends:
             candidate = "\n".join(lines[begin:end])
             try:
                 ast.parse(candidate)
@@ -306,7 +317,15 @@ def _parseable_code(text: str, entry_point: str) -> str:
     return "\n".join(lines[def_line:])  # unparseable anyway: let the sandbox report the SyntaxError
 
 
-_KEEP = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign)
+_KEEP = (
+    ast.Import,
+    ast.ImportFrom,
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.ClassDef,
+    ast.Assign,
+    ast.AnnAssign,
+)
 
 
 def _keep_definitions(code: str) -> str:
@@ -339,11 +358,4 @@ def _is_main_guard(node: ast.If) -> bool:
 
 
 def _replace_status(result: SandboxResult, status: str, why: str) -> SandboxResult:
-    from dataclasses import replace
-
     return replace(result, status=status, stderr=f"{result.stderr}\n[treasure] {why}".lstrip("\n"))
-
-
-def default_data_path(shared_data: str | os.PathLike) -> Path:
-    """The data set's path inside a shared data directory."""
-    return Path(shared_data) / DATA_FILE

@@ -3,6 +3,7 @@
 Evaluations such as HumanEvalFix execute code a model wrote. That code may loop forever, fork without end,
 allocate all memory, write anywhere, call the network or read the caller's secrets, by accident or not.
 `run_python` runs it in a separate process and reports what happened; it never raises because of the code.
+Linux only: it relies on namespaces, /proc and Linux resource limits.
 
 Isolation is layered. The strongest set this machine supports is found once per process (a short probe) and
 every `SandboxResult` lists what was active in `isolation`:
@@ -611,6 +612,8 @@ def _unreachable_interpreter_dirs() -> list[list]:
 def _tasks_of_user(uid: int) -> int:
     """Processes and threads of `uid`: what RLIMIT_NPROC counts when the program keeps the caller's uid."""
     count = 0
+    if not os.path.isdir("/proc"):
+        return 0
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:

@@ -10,7 +10,7 @@
     config.py          TreasureSFTConfig (TRL's SFTConfig + data/markers fields) and the YAML + CLI loader
     trainer.py         build the SFTTrainer, train (resumable), save the bundle
     bundle.py          the saved run: save/load model, tokenizer, taxonomy, marker config, statistics; export
-    inspect.py         the token-role view: what the loss is computed on
+    token_view.py      the token-role view `treasure inspect` prints: what the loss is computed on
 
 Nothing here imports torch at package import time, so the CLI stays fast.
 """

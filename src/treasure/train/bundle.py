@@ -1,20 +1,20 @@
 """The saved run: one folder with everything a later stage needs to use the model with markers.
 
-    output_dir/
-      config.json, model.safetensors, ...     the model, Hugging Face format (a LoRA run: adapter_config.json and
-                                              adapter_model.safetensors; `treasure export` merges it)
-      tokenizer.json, tokenizer_config.json   the tokenizer, with the compact marker tokens when the run added them
-      chat_template.jinja                     the model's template wrapped to take `markers` (chat_template.py)
-      taxonomy.yaml                           the taxonomy the markers follow
-      treasure.json                           the marker recipe: mode, format, categories, placement, dropout,
-                                              separator, taxonomy fingerprint, marker tokens, base model, ...
-      marker_stats.json                       the training set's marker value counts (treasure.stats), for
-                                              long-tail slicing at evaluation time
-      checkpoint-*/                           the trainer's checkpoints (what --resume continues from)
+output_dir/
+  config.json, model.safetensors, ...     the model, Hugging Face format (a LoRA run: adapter_config.json and
+                                          adapter_model.safetensors; `treasure export` merges it)
+  tokenizer.json, tokenizer_config.json   the tokenizer, with the compact marker tokens when the run added them
+  chat_template.jinja                     the model's template wrapped to take `markers` (chat_template.py)
+  taxonomy.yaml                           the taxonomy the markers follow
+  treasure.json                           the marker recipe: mode, format, categories, placement, dropout,
+                                          separator, taxonomy fingerprint, marker tokens, base model, ...
+  marker_stats.json                       the training set's marker value counts (treasure.stats), for
+                                          long-tail slicing at evaluation time
+  checkpoint-*/                           the trainer's checkpoints (what --resume continues from)
 
-    bundle = load_bundle("runs/tiny")      # model, tokenizer, taxonomy, markers, stats, info
-    text = bundle.prompt(messages, markers={"domain": "Code"})
-    parsed, response = bundle.split_completion(generated_text)
+bundle = load_bundle("runs/tiny")      # model, tokenizer, taxonomy, markers, stats, info
+text = bundle.prompt(messages, markers={"domain": "Code"})
+parsed, response = bundle.split_completion(generated_text)
 """
 
 from __future__ import annotations
@@ -50,8 +50,12 @@ def bundle_info(run: RunConfig, *, marker_tokens: list[str], adapter: bool, coun
         "treasure_version": __version__,
         **run.markers.to_dict(),
         "separator": run.markers.separator,
-        "taxonomy": {"name": run.taxonomy.name, "version": run.taxonomy.version,
-                     "fingerprint": run.taxonomy.fingerprint(), "file": TAXONOMY_FILE},  # fmt: skip
+        "taxonomy": {
+            "name": run.taxonomy.name,
+            "version": run.taxonomy.version,
+            "fingerprint": run.taxonomy.fingerprint(),
+            "file": TAXONOMY_FILE,
+        },
         "marker_categories": list(run.markers.marker_taxonomy(run.taxonomy).names),
         "marker_tokens": marker_tokens,
         "base_model": run.model.model_name_or_path,
@@ -100,9 +104,12 @@ class Bundle:
     def prompt(self, messages: list[dict], markers: dict[str, Any] | None = None, **kwargs: Any) -> str:
         """The prompt text for `messages` with `markers` in it, ready for generation (the chat template's work)."""
         return self.tokenizer.apply_chat_template(
-            messages, markers=markers, add_generation_prompt=True, tokenize=False,
+            messages,
+            markers=markers,
+            add_generation_prompt=True,
+            tokenize=False,
             **{**self.chat_template_kwargs, **kwargs},
-        )  # fmt: skip
+        )
 
     def split_completion(self, text: str) -> tuple[ParsedBlock, str]:
         """A generated completion -> (its parsed marker block, the response after it)."""

@@ -245,7 +245,11 @@ def wrap_chat_template(original: str, config: MarkerConfig, taxonomy: Taxonomy) 
 
 
 def is_wrapped(template: str | None) -> bool:
-    return bool(template) and template.startswith("{#- treasure: markers-aware chat template") and _END in template
+    return (
+        bool(template)
+        and template.startswith("{#- treasure: markers-aware chat template")
+        and _END in template
+    )
 
 
 def original_chat_template(template: str) -> str:

@@ -45,7 +45,8 @@ class TreasureSFTConfig(SFTConfig):
         default=None, metadata={"help": "Evaluation records, same formats as train_file (optional)."}
     )
     taxonomy: str = field(
-        default="paper", metadata={"help": "Taxonomy YAML the markers follow, or 'paper' for the paper's 13 categories."}
+        default="paper",
+        metadata={"help": "Taxonomy YAML the markers follow, or 'paper' for the paper's 13 categories."},
     )
     markers: dict | str | None = field(
         default=None,
@@ -67,6 +68,12 @@ class TreasureSFTConfig(SFTConfig):
         super().__post_init__()
         # Structure and ranges are checked here; categories against the taxonomy in `load_config`.
         self.markers = MarkerConfig.from_dict(self.markers or {}).to_dict()
+        # The loss is always the completion's (marker block and response): TRL's switches for other masks would
+        # either be overridden or fail on the pre-tokenised data, so refuse them by name.
+        if self.completion_only_loss is False:
+            raise ConfigError("completion_only_loss: false is not supported: the loss never covers the prompt")
+        if self.assistant_only_loss:
+            raise ConfigError("assistant_only_loss: not needed: the loss covers the final assistant turn only")
         if self.chat_template_kwargs is not None and not isinstance(self.chat_template_kwargs, dict):
             raise ConfigError(f"chat_template_kwargs: expected a mapping, got {self.chat_template_kwargs!r}")
 
@@ -219,6 +226,9 @@ def check_paths(run: RunConfig) -> None:
         raise ConfigError("model_name_or_path: missing (a hub id, a local folder, or tiny-llama)")
     if not is_tiny(name) and looks_local(name) and not Path(os.path.expanduser(name)).is_dir():
         raise ConfigError(f"model_name_or_path: {name}: no such directory")
-    if args.chat_template_path and looks_local(args.chat_template_path) and not Path(args.chat_template_path).exists():
+    if (
+        args.chat_template_path
+        and looks_local(args.chat_template_path)
+        and not Path(args.chat_template_path).exists()
+    ):
         raise ConfigError(f"chat_template_path: {args.chat_template_path}: no such file or directory")
-

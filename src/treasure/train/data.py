@@ -86,7 +86,9 @@ class DataSpec:
 
     def example(self, tokenizer, record: Mapping[str, Any], *, epoch: int, index: int) -> dict[str, Any]:
         """Render and tokenise one record: the rendered example plus `input_ids`, `completion_mask`, `split`."""
-        rendered = render_example(record, self.config, self.taxonomy, seed=self.seed, epoch=epoch, index=index)
+        rendered = render_example(
+            record, self.config, self.taxonomy, seed=self.seed, epoch=epoch, index=index
+        )
         return {
             **rendered,
             **tokenize_example(
@@ -139,4 +141,3 @@ def build_dataset(
         raise RecordError(message, source=source, line=line, field="messages")
     counts = {"examples": len(ds), "text_split": sum(1 for s in ds["split"] if s == "text")}
     return ds.remove_columns(["split", "error"]), counts
-

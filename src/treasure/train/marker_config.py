@@ -77,7 +77,9 @@ class MarkerConfig:
         known = {f for f in cls.__dataclass_fields__}
         for key in data:
             if key not in known:
-                raise ConfigError(f"{where}.{key}: unknown key{_suggest(key, known)} (allowed: {', '.join(known)})")
+                raise ConfigError(
+                    f"{where}.{key}: unknown key{_suggest(key, known)} (allowed: {', '.join(known)})"
+                )
         kw: dict[str, Any] = {}
         if "mode" in data:
             kw["mode"] = _choice(f"{where}.mode", data["mode"], MODES)

@@ -38,7 +38,9 @@ def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code:
     try:
         return AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"model_name_or_path: cannot load a tokenizer for {name!r} from {_where(name)} ({e})") from None
+        raise ConfigError(
+            f"model_name_or_path: cannot load a tokenizer for {name!r} from {_where(name)} ({e})"
+        ) from None
 
 
 def load_model_and_tokenizer(
@@ -47,7 +49,9 @@ def load_model_and_tokenizer(
     name = model_args.model_name_or_path
     if not name:
         raise ConfigError("model_name_or_path: missing (a hub id, a local folder, or tiny-llama)")
-    tokenizer = load_tokenizer(name, revision=model_args.model_revision, trust_remote_code=args.trust_remote_code)
+    tokenizer = load_tokenizer(
+        name, revision=model_args.model_revision, trust_remote_code=args.trust_remote_code
+    )
     if is_tiny(name):
         return tiny_llama(tokenizer), tokenizer
     from accelerate import PartialState

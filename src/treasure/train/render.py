@@ -39,7 +39,9 @@ def run_markers(record: Mapping[str, Any], marker_taxonomy: Taxonomy) -> dict[st
     return marker_taxonomy.validate_markers({k: v for k, v in markers.items() if k in marker_taxonomy})
 
 
-def prompt_markers(markers: Mapping[str, Any], config: MarkerConfig, seed: int, epoch: int, index: int) -> dict:
+def prompt_markers(
+    markers: Mapping[str, Any], config: MarkerConfig, seed: int, epoch: int, index: int
+) -> dict:
     """The markers the prompt keeps in this epoch after the paper's two-level dropout."""
     if not config.prompt_markers or not markers:
         return {}
@@ -107,7 +109,12 @@ def render_example(
     if config.completion_markers:
         # The block is always there (empty when the record has no marker) so a model always opens with one.
         reply["content"] = render_block(markers, mtax, config.format) + config.separator + reply["content"]
-    return {"prompt": prompt, "completion": [reply], "prompt_markers": kept, "completion_markers": completion_markers}
+    return {
+        "prompt": prompt,
+        "completion": [reply],
+        "prompt_markers": kept,
+        "completion_markers": completion_markers,
+    }
 
 
 def render_prompt(

@@ -46,7 +46,9 @@ def tiny_tokenizer() -> PreTrainedTokenizerBase:
 
     path = resources.files("treasure.assets").joinpath("gpt2-tokenizer.json")
     with resources.as_file(path) as file:
-        tok = PreTrainedTokenizerFast(tokenizer_file=str(file), model_max_length=TINY_ARCH["max_position_embeddings"])
+        tok = PreTrainedTokenizerFast(
+            tokenizer_file=str(file), model_max_length=TINY_ARCH["max_position_embeddings"]
+        )
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tok.eos_token = "<|im_end|>"
     tok.pad_token = "<|endoftext|>"

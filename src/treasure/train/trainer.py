@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def load_train_records(path: str, run: RunConfig) -> tuple[list[dict], list[int]]:
+def read_run_records(path: str, run: RunConfig) -> tuple[list[dict], list[int]]:
     """All records of `path` with their line numbers; the first invalid one (markers included) raises."""
     records, lines = [], []
     for line, rec in read_records(path, run.taxonomy):
@@ -68,13 +68,17 @@ def trl_args(args: TreasureSFTConfig, n_records: int, copies: int) -> TreasureSF
     out = copy.copy(args)
     out.completion_only_loss = True
     out.train_sampling_strategy = "sequential"
-    out.chat_template_path = None  # applied by model.resolve_chat_template; TRL would overwrite the wrapped one
+    # Applied by model.resolve_chat_template; TRL would overwrite the wrapped template with it.
+    out.chat_template_path = None
     if not (args.max_steps and args.max_steps > 0):
         out.num_train_epochs = args.num_train_epochs / copies
     per_pass = args.per_device_train_batch_size * args.world_size
     steps_per_epoch = max(1, math.ceil(math.ceil(n_records / per_pass) / args.gradient_accumulation_steps))
-    for strategy, steps in (("eval_strategy", "eval_steps"), ("save_strategy", "save_steps"),
-                            ("logging_strategy", "logging_steps")):  # fmt: skip
+    for strategy, steps in (
+        ("eval_strategy", "eval_steps"),
+        ("save_strategy", "save_steps"),
+        ("logging_strategy", "logging_steps"),
+    ):
         if getattr(out, strategy) == "epoch":
             setattr(out, strategy, type(getattr(out, strategy))("steps"))
             setattr(out, steps, steps_per_epoch)
@@ -105,12 +109,14 @@ def prepare(run: RunConfig, *, load_model: bool = True, build_datasets: bool = T
 
     args, markers = run.args, run.markers
     name = run.model.model_name_or_path
-    records, lines = load_train_records(args.train_file, run)
+    records, lines = read_run_records(args.train_file, run)
     model = None
     if load_model:
         model, tokenizer = load_model_and_tokenizer(run.model, args)
     else:  # what the data looks like needs only the tokenizer
-        tokenizer = load_tokenizer(name, revision=run.model.model_revision, trust_remote_code=args.trust_remote_code)
+        tokenizer = load_tokenizer(
+            name, revision=run.model.model_revision, trust_remote_code=args.trust_remote_code
+        )
     template = resolve_chat_template(tokenizer, args, name)
     ids: list[int] = []
     if markers.adds_tokens:
@@ -125,16 +131,26 @@ def prepare(run: RunConfig, *, load_model: bool = True, build_datasets: bool = T
     if build_datasets:
         prep.copies = epoch_copies(args, len(records))
         prep.train_dataset, counts = build_dataset(
-            tokenizer, records, spec, epoch_plan(len(records), prep.copies, spec.seed),
-            source=args.train_file, lines=lines, num_proc=args.dataset_num_proc,
-        )  # fmt: skip
+            tokenizer,
+            records,
+            spec,
+            epoch_plan(len(records), prep.copies, spec.seed),
+            source=args.train_file,
+            lines=lines,
+            num_proc=args.dataset_num_proc,
+        )
         prep.counts = {"records": len(records), "epochs": prep.copies, **counts}
         if args.eval_file:
-            eval_records, eval_lines = load_train_records(args.eval_file, run)
+            eval_records, eval_lines = read_run_records(args.eval_file, run)
             prep.eval_dataset, _ = build_dataset(
-                tokenizer, eval_records, spec, [(0, i) for i in range(len(eval_records))],
-                source=args.eval_file, lines=eval_lines, num_proc=args.dataset_num_proc,
-            )  # fmt: skip
+                tokenizer,
+                eval_records,
+                spec,
+                [(0, i) for i in range(len(eval_records))],
+                source=args.eval_file,
+                lines=eval_lines,
+                num_proc=args.dataset_num_proc,
+            )
     return prep
 
 
@@ -166,7 +182,9 @@ def _expose_lm_head_bias(model: Any) -> None:
         object.__setattr__(head, "bias", getattr(adapter.base_layer, "bias", None))
 
 
-def build_trainer(run: RunConfig, prep: Prepared, callbacks: list[TrainerCallback] | None = None) -> SFTTrainer:
+def build_trainer(
+    run: RunConfig, prep: Prepared, callbacks: list[TrainerCallback] | None = None
+) -> SFTTrainer:
     from trl import SFTTrainer
 
     args = trl_args(run.args, len(prep.records), prep.copies)
@@ -191,7 +209,9 @@ class TrainResult:
     resumed_from: str | None
 
 
-def train(run: RunConfig, *, resume: bool = False, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
+def train(
+    run: RunConfig, *, resume: bool = False, callbacks: list[TrainerCallback] | None = None
+) -> TrainResult:
     """Train `run` and save its bundle into `output_dir`. `resume` continues from the last checkpoint there."""
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -209,8 +229,12 @@ def train(run: RunConfig, *, resume: bool = False, callbacks: list[TrainerCallba
     if trainer.args.should_save:
         stats = marker_stats(prep.records, run.markers.marker_taxonomy(run.taxonomy))
         write_bundle_files(
-            output_dir, run, stats=stats, marker_tokens=prep.tokenizer.convert_ids_to_tokens(prep.marker_token_ids),
-            adapter=run.model.use_peft, counts=prep.counts,
-        )  # fmt: skip
+            output_dir,
+            run,
+            stats=stats,
+            marker_tokens=prep.tokenizer.convert_ids_to_tokens(prep.marker_token_ids),
+            adapter=run.model.use_peft,
+            counts=prep.counts,
+        )
     trainer.accelerator.wait_for_everyone()
     return TrainResult(output_dir, dict(result.metrics), prep.counts, resume_from)

@@ -38,7 +38,9 @@ def legend(color: bool) -> str:
     return f"{OPEN}...{CLOSE}: trained (in the loss); the rest is context (masked)"
 
 
-def describe(example: dict[str, Any], tokenizer: Any, *, title: str, max_length: int | None, color: bool) -> str:
+def describe(
+    example: dict[str, Any], tokenizer: Any, *, title: str, max_length: int | None, color: bool
+) -> str:
     """A header line, the markers each side carries, and the token-role view of `example` (data.DataSpec.example)."""
     ids, mask = example["input_ids"], example["completion_mask"]
     truncated = max_length is not None and len(ids) > max_length
@@ -47,7 +49,11 @@ def describe(example: dict[str, Any], tokenizer: Any, *, title: str, max_length:
     head = (
         f"== {title}: {len(ids)} tokens, {sum(mask)} trained"
         + (f" (truncated to max_length {max_length})" if truncated else "")
-        + ("; completion tokenised apart from the prompt (see docs/training.md)" if example["split"] == "text" else "")
+        + (
+            "; completion tokenised apart from the prompt (see docs/training.md)"
+            if example["split"] == "text"
+            else ""
+        )
     )
     markers = (
         f"prompt markers: {json.dumps(example['prompt_markers'], ensure_ascii=False)}\n"

@@ -1,0 +1,341 @@
+"""A trained bundle -> responses, with markers optional: inferred, fixed, or predicted on the fly.
+
+    gen = Generator(load_bundle("runs/tiny"))
+    out = gen.generate([{"role": "user", "content": "Fix this line: prnt(1 + 2)"}], markers={"length_bucket": "concise"})
+    out.text      # the response, never any marker syntax
+    out.markers   # every marker of the block: out.fixed (given by the caller) + out.inferred (written by the model)
+
+Modes (the paper's three):
+- ``inferred``: no markers in the prompt; the model writes its whole block, then the response.
+- ``fixed``: the caller's markers go into the prompt (as training placed them) and are forced into the completion's
+  block by constrained decoding; the model infers the rest.
+- ``onthefly``: an annotator predicts markers from the prompt (domain, task, language by default), which are then
+  fixed; markers the caller gives win over predicted ones.
+With constrained decoding (the default) the block can only hold valid categories and values of the bundle's
+taxonomy; a block that the model leaves open (unconstrained, or a truncated generation) still yields a response
+and `block_closed=False`, never an exception.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from treasure.errors import TaxonomyError, TreasureError
+from treasure.markers import merge_markers
+
+MODES = ("inferred", "fixed", "onthefly")
+# Annotators that read only the prompt, so they can run before a response exists.
+PROMPT_ANNOTATORS = ("embedding", "language")
+
+
+@dataclass
+class Generation:
+    text: str  # the response, after the marker block
+    markers: dict[str, Any]  # fixed + inferred, in taxonomy order
+    fixed: dict[str, Any]
+    inferred: dict[str, Any]
+    mode: str
+    block_closed: bool = True  # the completion's block was complete (always True for bundles without one)
+    block_forced: bool = False  # the length budget had to steer the block closed
+    problems: list[str] = field(default_factory=list)  # what the parser rejected in an unconstrained block
+    raw: str = ""  # the whole completion: block + separator + response
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"  # "stop" (end of turn) or "length" (max_new_tokens)
+
+
+class Generator:
+    """Generation for one loaded bundle (see treasure.train.bundle.load_bundle)."""
+
+    def __init__(
+        self,
+        bundle: Any,
+        *,
+        constrained: bool = True,
+        max_block_tokens: int | None = 64,
+        onthefly_annotators: Sequence[Any] | None = None,
+    ):
+        if bundle.model is None:
+            raise TreasureError(f"{bundle.path}: loaded without its model; load it with load_model=True")
+        self.bundle = bundle
+        self.model = bundle.model.eval()
+        self.tokenizer = bundle.tokenizer
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        cfg = bundle.markers
+        self.config = cfg
+        self.taxonomy = bundle.marker_taxonomy
+        self.uses_markers = cfg.mode == "markers"
+        self.writes_block = self.uses_markers and cfg.completion_markers
+        self.constraint = None
+        if constrained and self.writes_block:
+            from treasure.generate.constrain import MarkerConstraint
+
+            self.constraint = MarkerConstraint(
+                self.tokenizer, self.taxonomy, cfg.format, max_block_tokens=max_block_tokens
+            )
+        self._onthefly = list(onthefly_annotators) if onthefly_annotators is not None else None
+        self._stop_ids = self._end_of_turn_ids()
+        self._lock = threading.Lock()  # one generate at a time per model (the server's threads share it)
+
+    # -------------------------------------------------------------------------------------------- markers in
+
+    def _end_of_turn_ids(self) -> list[int]:
+        ids = set()
+        for source in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(source)
+        for tok in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|END_OF_TURN_TOKEN|>"):
+            tid = self.tokenizer.convert_tokens_to_ids(tok)
+            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id and tid is not None:
+                ids.add(tid)
+        return sorted(ids)
+
+    def validate_markers(self, markers: dict[str, Any] | None) -> dict[str, Any]:
+        """Canonical markers, or a TaxonomyError naming the category, for this bundle's categories."""
+        if not markers:
+            return {}
+        if not self.uses_markers:
+            raise TaxonomyError(f"{self.bundle.path} was trained without markers (baseline): it takes none")
+        return self.taxonomy.validate_markers(dict(markers))
+
+    def predict_markers(self, messages: list[dict]) -> dict[str, Any]:
+        """On-the-fly markers: what the prompt-level annotators say about this conversation."""
+        if self._onthefly is None:
+            from treasure.annotate.pipeline import AnnotateOptions, build_annotators
+
+            cats = [c.name for c in self.taxonomy if c.annotator in PROMPT_ANNOTATORS]
+            self._onthefly = (
+                build_annotators(self.bundle.taxonomy, AnnotateOptions(categories=cats))[0] if cats else []
+            )
+        record = {"messages": [*messages, {"role": "assistant", "content": ""}], "markers": {}}
+        found: dict[str, Any] = {}
+        for ann in self._onthefly:
+            for cat, value in ann.annotate([record])[0].items():
+                if cat in self.taxonomy and cat not in found:
+                    found[cat] = value
+        return self.taxonomy.validate_markers(found)
+
+    def plan(
+        self, messages: list[dict], markers: dict[str, Any] | None, mode: str
+    ) -> tuple[str, dict[str, Any]]:
+        """(prompt text, fixed markers) for one conversation in one mode."""
+        if mode not in MODES:
+            raise TreasureError(f"unknown mode {mode!r} (valid: {', '.join(MODES)})")
+        fixed = self.validate_markers(markers)
+        if mode == "inferred" and fixed:
+            raise TreasureError("mode 'inferred' takes no markers; use mode 'fixed' (or give none)")
+        if mode == "onthefly" and self.uses_markers:
+            fixed = merge_markers(fixed, self.predict_markers(messages))
+            fixed = self.taxonomy.validate_markers(fixed)
+        prompt = self.bundle.prompt(messages, markers=fixed or None)
+        return prompt, fixed
+
+    # ------------------------------------------------------------------------------------------- generation
+
+    def _generate_kwargs(self, max_new_tokens: int, temperature: float, top_p: float) -> dict[str, Any]:
+        kw: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "eos_token_id": self._stop_ids or None,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if temperature and temperature > 0:
+            kw.update(do_sample=True, temperature=temperature, top_p=top_p)
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kw
+
+    def _decode(self, ids: list[int]) -> tuple[str, int, str]:
+        """(text, tokens, finish reason) for one row's new ids: cut at the first end-of-turn, drop padding."""
+        stop = set(self._stop_ids)
+        out, reason = [], "length"
+        for i in ids:
+            if i in stop:
+                reason = "stop"
+                break
+            out.append(i)
+        text = self.tokenizer.decode(out, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        pad = self.tokenizer.pad_token
+        if pad and pad not in stop:
+            text = text.replace(pad, "")
+        return text, len(out), reason
+
+    def _result(self, raw: str, fixed: dict, mode: str, block: Any, n_prompt: int, n_new: int, reason: str):
+        if not self.writes_block:
+            return Generation(raw, dict(fixed), dict(fixed), {}, mode, raw=raw, prompt_tokens=n_prompt,
+                              completion_tokens=n_new, finish_reason=reason)  # fmt: skip
+        parsed, response = self.bundle.split_completion(raw)
+        inferred = {k: v for k, v in parsed.markers.items() if k not in fixed}
+        markers = self.taxonomy.validate_markers(merge_markers(fixed, parsed.markers))
+        return Generation(
+            text=response,
+            markers=markers,
+            fixed=dict(fixed),
+            inferred=inferred,
+            mode=mode,
+            block_closed=parsed.complete,
+            block_forced=bool(block and block.forced),
+            problems=list(parsed.problems),
+            raw=raw,
+            prompt_tokens=n_prompt,
+            completion_tokens=n_new,
+            finish_reason=reason,
+        )
+
+    def generate_batch(
+        self,
+        conversations: Sequence[list[dict]],
+        markers: Sequence[dict[str, Any] | None] | None = None,
+        *,
+        mode: str = "inferred",
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        batch_size: int = 16,
+        progress: bool = False,
+    ) -> list[Generation]:
+        """Generate for many conversations; `markers` gives one dict (or None) per conversation."""
+        import torch
+        from transformers import LogitsProcessorList
+
+        markers = list(markers) if markers is not None else [None] * len(conversations)
+        if len(markers) != len(conversations):
+            raise TreasureError(f"{len(markers)} marker sets for {len(conversations)} conversations")
+        plans = [self.plan(msgs, m, mode) for msgs, m in zip(conversations, markers, strict=True)]
+        results: list[Generation] = []
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(plans), desc="generate", unit="prompt", disable=not progress)
+        for start in range(0, len(plans), batch_size):
+            chunk = plans[start : start + batch_size]
+            enc = self.tokenizer(
+                [p for p, _ in chunk], return_tensors="pt", padding=True, add_special_tokens=False
+            )
+            enc = {k: v.to(self.model.device) for k, v in enc.items()}
+            processor = self.constraint.logits_processor([f for _, f in chunk]) if self.constraint else None
+            kw = self._generate_kwargs(max_new_tokens, temperature, top_p)
+            with self._lock, torch.inference_mode():
+                if seed is not None:
+                    torch.manual_seed(seed + start)
+                out = self.model.generate(
+                    **enc, logits_processor=LogitsProcessorList([processor] if processor else []), **kw
+                )
+            blocks = processor.results(out) if processor else [None] * len(chunk)
+            width = enc["input_ids"].shape[1]
+            for row, (plan, block) in enumerate(zip(chunk, blocks, strict=True)):
+                raw, n_new, reason = self._decode(out[row, width:].tolist())
+                n_prompt = int(enc["attention_mask"][row].sum())
+                results.append(self._result(raw, plan[1], mode, block, n_prompt, n_new, reason))
+            bar.update(len(chunk))
+        bar.close()
+        return results
+
+    def generate(self, messages: list[dict], markers: dict[str, Any] | None = None, *, mode: str | None = None,
+                 **kw: Any) -> Generation:  # fmt: skip
+        """One conversation. Without `mode`: `fixed` when markers are given, else `inferred`."""
+        mode = mode or ("fixed" if markers else "inferred")
+        return self.generate_batch([messages], [markers], mode=mode, batch_size=1, **kw)[0]
+
+    def stream(
+        self,
+        messages: list[dict],
+        markers: dict[str, Any] | None = None,
+        *,
+        mode: str | None = None,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Iterator[str | Generation]:
+        """Yield the response text in pieces as it is generated (the block is held back), then the Generation.
+
+        The pieces join to exactly `Generation.text` of the same call without streaming.
+        """
+        import torch
+        from transformers import LogitsProcessorList
+        from transformers.generation.streamers import BaseStreamer
+
+        mode = mode or ("fixed" if markers else "inferred")
+        prompt, fixed = self.plan(messages, markers, mode)
+        enc = self.tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
+        enc = {k: v.to(self.model.device) for k, v in enc.items()}
+        width = enc["input_ids"].shape[1]
+        processor = self.constraint.logits_processor([fixed]) if self.constraint else None
+        ids_q: queue.Queue = queue.Queue()
+
+        class _Ids(BaseStreamer):
+            first = True
+
+            def put(self, value):  # the first call carries the prompt
+                if self.first:
+                    self.first = False
+                    return
+                ids_q.put(value.reshape(-1).tolist())
+
+            def end(self):
+                ids_q.put(None)
+
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                with self._lock, torch.inference_mode():
+                    if seed is not None:
+                        torch.manual_seed(seed)
+                    box["out"] = self.model.generate(
+                        **enc, streamer=_Ids(),
+                        logits_processor=LogitsProcessorList([processor] if processor else []),
+                        **self._generate_kwargs(max_new_tokens, temperature, top_p),
+                    )  # fmt: skip
+            except BaseException as e:  # surfaced to the caller below
+                box["error"] = e
+                ids_q.put(None)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        ids: list[int] = []
+        sent = ""
+        while True:
+            new = ids_q.get()
+            if new is None:
+                break
+            ids.extend(new)
+            raw, _, _ = self._decode(ids)
+            response = self._visible(raw)
+            if response is None:
+                continue
+            response = response.rstrip("\ufffd")  # an incomplete UTF-8 sequence: wait for its next bytes
+            if response.startswith(sent) and len(response) > len(sent):
+                yield response[len(sent) :]
+                sent = response
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        out = box["out"]
+        block = processor.results(out)[0] if processor else None
+        raw, n_new, reason = self._decode(out[0, width:].tolist())
+        result = self._result(raw, fixed, mode, block, width, n_new, reason)
+        if result.text.startswith(sent) and len(result.text) > len(sent):
+            yield result.text[len(sent) :]
+        yield result
+
+    def _visible(self, raw: str) -> str | None:
+        """The response part of a partial completion, or None while the block is still being written."""
+        if not self.writes_block:
+            return raw
+        parsed, response = self.bundle.split_completion(raw)
+        if parsed.found and not parsed.complete:
+            return None
+        if not parsed.found:
+            opener = "<MARKER_LIST>" if self.config.format == "paper" else "<|markers|>"
+            if opener.startswith(raw.lstrip()):  # may still become a block
+                return None
+        return response
