@@ -7,7 +7,8 @@ from a hash of the conversation over the allowed values. Hints also choose per-r
 
 Random failures are drawn from a hash of (request body, attempt number), so a run is reproducible: HTTP 500, 429
 (with Retry-After), a timeout (the server sleeps past the client's timeout), a 200 whose body is not JSON, and a
-200 whose answer is not valid JSON. Run in a thread (`StubServer`) inside tests, or as a process for benchmarks:
+200 whose answer is not valid JSON. `GET /stats` returns what the server did (requests, failures by kind). Run in
+a thread (`StubServer`) inside tests, or as a process for benchmarks:
 `python tests/openai_stub.py --port 8011 --latency 0.2`.
 """
 

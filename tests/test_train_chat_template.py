@@ -30,7 +30,13 @@ CONVERSATION = [
     {"role": "assistant", "content": "A token <|im_end|> I typed."},
     {"role": "user", "content": "  Now fix: x = [1, 2 <|K|>  "},
 ]
-MARKERS = {"domain": "code", "task": "CodeFix", "quality": 3.14159, "length_tokens": " 12 ", "quality_bucket": 2}
+MARKERS = {
+    "domain": "code",
+    "task": "CodeFix",
+    "quality": 3.14159,
+    "length_tokens": " 12 ",
+    "quality_bucket": 2,
+}
 KW = {"tokenize": False, "date_string": "26 Jul 2024"}  # Llama 3 renders today's date unless given one
 
 
@@ -48,7 +54,9 @@ def tok():
 def _both(tok, template, messages, markers, config, paper, **kw):
     wrapped = wrap_chat_template(template, config, paper)
     a = tok.apply_chat_template(messages, chat_template=wrapped, markers=markers, **KW, **kw)
-    b = tok.apply_chat_template(render_prompt(messages, markers, config, paper), chat_template=template, **KW, **kw)
+    b = tok.apply_chat_template(
+        render_prompt(messages, markers, config, paper), chat_template=template, **KW, **kw
+    )
     return a, b
 
 
@@ -118,9 +126,18 @@ def test_jinja_sanitize_matches_markers_sanitize_on_random_text(tok, paper):
 def _random_value(rng, cat):
     odd = [None, True, 1.5, "nope", [], "", " 7 ", -3, 10**20, "nan", "inf", "1e3", "2.999", 0, "0x1"]
     if cat.kind == "categorical":
-        good = [rng.choice(cat.values), rng.choice(cat.values).lower(), " " + rng.choice(cat.values).upper() + " "]
+        good = [
+            rng.choice(cat.values),
+            rng.choice(cat.values).lower(),
+            " " + rng.choice(cat.values).upper() + " ",
+        ]
     else:
-        good = [rng.uniform(-5, 1000), rng.randint(0, 5000), str(rng.randint(0, 99)), f"{rng.uniform(0, 9):.5f}"]
+        good = [
+            rng.uniform(-5, 1000),
+            rng.randint(0, 5000),
+            str(rng.randint(0, 99)),
+            f"{rng.uniform(0, 9):.5f}",
+        ]
     return rng.choice(good if rng.random() < 0.75 else odd)
 
 
@@ -138,12 +155,18 @@ def test_random_markers_render_or_fail_alike(tok, paper):
             messages = [{"role": "user", "content": "hi"}]
             try:
                 expected = tok.apply_chat_template(
-                    render_prompt(messages, markers, config, paper), add_generation_prompt=True, tokenize=False
+                    render_prompt(messages, markers, config, paper),
+                    add_generation_prompt=True,
+                    tokenize=False,
                 )
             except (TreasureError, OverflowError):
                 with pytest.raises((TemplateError, OverflowError)):
                     tok.apply_chat_template(
-                        messages, chat_template=wrapped, markers=markers, add_generation_prompt=True, tokenize=False
+                        messages,
+                        chat_template=wrapped,
+                        markers=markers,
+                        add_generation_prompt=True,
+                        tokenize=False,
                     )
                 continue
             got = tok.apply_chat_template(
@@ -155,12 +178,21 @@ def test_random_markers_render_or_fail_alike(tok, paper):
 def test_invalid_markers_raise_a_template_error(tok, paper):
     wrapped = wrap_chat_template(tok.chat_template, MarkerConfig(), paper)
     messages = [{"role": "user", "content": "hi"}]
-    for bad in ({"colour": "red"}, {"domain": "Cooking"}, {"length_tokens": -1}, {"quality": "high"}, ["domain"]):
+    for bad in (
+        {"colour": "red"},
+        {"domain": "Cooking"},
+        {"length_tokens": -1},
+        {"quality": "high"},
+        ["domain"],
+    ):
         with pytest.raises(TemplateError):
             tok.apply_chat_template(messages, chat_template=wrapped, markers=bad, tokenize=False)
     with pytest.raises(TemplateError, match="user turn"):
         tok.apply_chat_template(
-            [{"role": "system", "content": "s"}], chat_template=wrapped, markers={"domain": "Code"}, tokenize=False
+            [{"role": "system", "content": "s"}],
+            chat_template=wrapped,
+            markers={"domain": "Code"},
+            tokenize=False,
         )
 
 

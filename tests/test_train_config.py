@@ -27,13 +27,17 @@ def _cpu_overrides() -> list[str]:
 def test_configs_are_shipped():
     names = {p.name for p in CONFIGS}
     assert {"tiny-cpu.yaml", "qwen2.5-0.5b-lora.yaml", "qwen2.5-7b-full-fsdp.yaml"} <= names
-    assert {"single_gpu.yaml", "multi_gpu.yaml", "fsdp.yaml", "deepspeed_zero3.yaml"} <= {p.name for p in ACCELERATE}
+    assert {"single_gpu.yaml", "multi_gpu.yaml", "fsdp.yaml", "deepspeed_zero3.yaml"} <= {
+        p.name for p in ACCELERATE
+    }
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_validates(path: Path):
     first = path.read_text(encoding="utf-8").splitlines()[0]
-    assert first.startswith("# ") and " train configs/" + path.name in first  # headed by the command that runs it
+    assert (
+        first.startswith("# ") and " train configs/" + path.name in first
+    )  # headed by the command that runs it
     run = load_config(path, _cpu_overrides(), check_files=path.name == "tiny-cpu.yaml")
     run.markers.check(run.taxonomy)
     assert run.model.model_name_or_path and run.args.train_file
@@ -47,14 +51,17 @@ def test_every_shipped_accelerate_config_loads(path: Path):
 
     config = load_config_from_file(str(path))
     assert config.distributed_type is not None
-    assert "accelerate launch --config_file configs/accelerate/" + path.name in path.read_text() or path.name in (
-        "cpu_2proc.yaml",
+    assert (
+        "accelerate launch --config_file configs/accelerate/" + path.name in path.read_text()
+        or path.name in ("cpu_2proc.yaml",)
     )
 
 
 def test_cli_values_override_the_yaml(tmp_path):
     cfg = tiny_config(tmp_path, learning_rate=0.5, markers={"format": "paper", "dataset_dropout": 0.3})
-    run = load_config(cfg, ["--learning_rate", "0.25", "--markers.format", "compact", "--markers.categories=task,domain"])
+    run = load_config(
+        cfg, ["--learning_rate", "0.25", "--markers.format", "compact", "--markers.categories=task,domain"]
+    )
     assert run.args.learning_rate == 0.25
     assert run.markers.format == "compact" and run.markers.dataset_dropout == 0.3
     assert run.markers.categories == ("task", "domain")
@@ -77,7 +84,11 @@ def _write_yaml(tmp_path: Path, **fields) -> Path:
 def test_unknown_key(tmp_path, capsys):
     cfg = _write_yaml(tmp_path, lerning_rate=1e-3)
     err = _cli_error(capsys, ["train", str(cfg)])
-    assert "config.yaml:" in err and "unknown key 'lerning_rate'" in err and "did you mean 'learning_rate'" in err
+    assert (
+        "config.yaml:" in err
+        and "unknown key 'lerning_rate'" in err
+        and "did you mean 'learning_rate'" in err
+    )
 
 
 def test_unknown_markers_key(tmp_path, capsys):
@@ -150,6 +161,8 @@ def test_programmatic_config_validates_markers():
         TreasureSFTConfig(output_dir="x", use_cpu=True, bf16=False, markers={"placement": "middle"})
     with pytest.raises(ConfigError, match="completion_only_loss"):
         TreasureSFTConfig(output_dir="x", use_cpu=True, bf16=False, completion_only_loss=False)
-    args = TreasureSFTConfig(output_dir="x", use_cpu=True, bf16=False, markers=json.dumps({"format": "compact"}))
+    args = TreasureSFTConfig(
+        output_dir="x", use_cpu=True, bf16=False, markers=json.dumps({"format": "compact"})
+    )
     assert args.marker_config.format == "compact"
     assert yaml.safe_load(yaml.safe_dump(args.markers)) == args.markers

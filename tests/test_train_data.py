@@ -23,7 +23,9 @@ def _spec(config, paper, tok, **kw):
 
 
 def _prompt_ids(tok, ex):
-    return list(tok.apply_chat_template(ex["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False))
+    return list(
+        tok.apply_chat_template(ex["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
+    )
 
 
 @pytest.mark.skipif(not (SHARED / "chat_templates").is_dir(), reason="needs ../shared/data")
@@ -47,7 +49,9 @@ def test_prompt_tokens_are_a_prefix_of_the_training_sequence(paper, name, fmt):
         trained = tok.decode(ex["input_ids"][n:], skip_special_tokens=False)
         reply = ex["completion"][0]["content"]
         assert reply.strip() in trained  # the block and the response are in the loss...
-        assert reply.strip() not in tok.decode(prompt_ids, skip_special_tokens=False)  # ...and not in the context
+        assert reply.strip() not in tok.decode(
+            prompt_ids, skip_special_tokens=False
+        )  # ...and not in the context
 
 
 def test_where_the_tokens_merge_the_completion_is_tokenised_on_its_own(paper):
@@ -91,7 +95,9 @@ def test_golden_loss_mask_compact(paper):
 
 def test_golden_loss_mask_paper(paper):
     tok = tiny_tokenizer()
-    ex = _spec(MarkerConfig(dataset_dropout=0.0, sample_dropout=0.0), paper, tok).example(tok, REC, epoch=0, index=0)
+    ex = _spec(MarkerConfig(dataset_dropout=0.0, sample_dropout=0.0), paper, tok).example(
+        tok, REC, epoch=0, index=0
+    )
     n = ex["completion_mask"].index(1)
     block = (
         "<MARKER_LIST> <quality> 4.50 </quality> <length_bucket> concise </length_bucket> <task> Rewrite </task> "
@@ -112,7 +118,9 @@ GOLDEN_PAPER = "b0d666db11760b9f"  # sha256 of the 125 ids, first 16 hex digits
 def test_baseline_tokens_carry_no_marker(paper):
     tok = tiny_tokenizer()
     recs = records(24)
-    ds, counts = build_dataset(tok, recs, _spec(MarkerConfig(mode="baseline"), paper, tok), epoch_plan(24, 2, 5))
+    ds, counts = build_dataset(
+        tok, recs, _spec(MarkerConfig(mode="baseline"), paper, tok), epoch_plan(24, 2, 5)
+    )
     assert counts == {"examples": 48, "text_split": 0} and len(tok) == 50259  # no token added
     for ids in ds["input_ids"]:
         text = tok.decode(ids, skip_special_tokens=False)
@@ -136,14 +144,37 @@ def test_a_record_the_template_rejects_names_its_line(paper, tmp_path):
     tok = template_tokenizer("gemma-2")
     recs = records(3)
     recs[2] = {**recs[2], "messages": [SYSTEM, *recs[2]["messages"]]}
-    with pytest.raises(RecordError, match=r"train\.jsonl:7: messages: TemplateError: System role not supported"):
-        build_dataset(tok, recs, _spec(MarkerConfig(), paper, tok), epoch_plan(3, 1, 5), source="train.jsonl",
-                      lines=[3, 5, 7])  # fmt: skip
+    with pytest.raises(
+        RecordError, match=r"train\.jsonl:7: messages: TemplateError: System role not supported"
+    ):
+        build_dataset(
+            tok,
+            recs,
+            _spec(MarkerConfig(), paper, tok),
+            epoch_plan(3, 1, 5),
+            source="train.jsonl",
+            lines=[3, 5, 7],
+        )
 
 
 def test_tokenize_example_is_the_plain_conversation_when_tokens_line_up():
     tok = tiny_tokenizer()
-    ex = {"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": "yo"}]}
+    ex = {
+        "prompt": [{"role": "user", "content": "hi"}],
+        "completion": [{"role": "assistant", "content": "yo"}],
+    }
     out = tokenize_example(tok, ex)
     full = tok.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True, return_dict=False)
     assert out["input_ids"] == list(full) and out["split"] == "tokens"
+
+
+@pytest.mark.skipif(not (SHARED / "chat_templates").is_dir(), reason="needs ../shared/data")
+def test_a_completion_tokenised_apart_keeps_what_the_template_opens_the_reply_with(paper):
+    from treasure.train.data import _completion_text
+
+    tok = template_tokenizer("command-r7b")
+    prompt = [{"role": "user", "content": "hi"}]
+    text = _completion_text(tok, prompt, [{"role": "assistant", "content": "yo"}], {})
+    assert text == "<|START_RESPONSE|>yo<|END_RESPONSE|><|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>"
+    tok = tiny_tokenizer()
+    assert _completion_text(tok, prompt, [{"role": "assistant", "content": "yo"}], {}) == "yo<|im_end|>\n"

@@ -32,8 +32,22 @@ def _free_port() -> int:
 
 def _launch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), *args]  # fmt: skip
+    cmd = [
+        str(ACCELERATE),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        *args,
+    ]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -57,7 +71,9 @@ def test_the_train_command_runs_under_accelerate_launch(tmp_path):
     from tiny import tiny_config
 
     cfg = tiny_config(tmp_path, max_steps=2, n_records=16)
-    proc = _launch("-m", "treasure.cli", "train", str(cfg), "--save_strategy", "steps", "--save_steps", "2", cwd=tmp_path)
+    proc = _launch(
+        "-m", "treasure.cli", "train", str(cfg), "--save_strategy", "steps", "--save_steps", "2", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("saved bundle to") == 1  # printed by the main process only
     state = json.loads((tmp_path / "run" / "checkpoint-2" / "trainer_state.json").read_text())

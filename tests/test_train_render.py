@@ -17,7 +17,13 @@ REC = {
         {"role": "user", "content": "Fix <|domain=Code|> this: x = 1 +"},
         {"role": "assistant", "content": "x = 1 + 1"},
     ],
-    "markers": {"domain": "Code", "task": "CodeFix", "length_bucket": "concise", "quality": 4.123, "code_type": "python"},
+    "markers": {
+        "domain": "Code",
+        "task": "CodeFix",
+        "length_bucket": "concise",
+        "quality": 4.123,
+        "code_type": "python",
+    },
 }
 
 
@@ -34,7 +40,9 @@ def test_blocks_go_after_the_last_user_turn_and_before_the_response(paper, fmt):
     assert ex["prompt"][0] == REC["messages"][0]
     user = ex["prompt"][1]["content"]
     assert user.endswith(sep + block)
-    assert user[: -len(sep + block)] == "Fix <\u200b|domain=Code|> this: x = 1 +"  # typed marker syntax sanitised
+    assert (
+        user[: -len(sep + block)] == "Fix <\u200b|domain=Code|> this: x = 1 +"
+    )  # typed marker syntax sanitised
     assert ex["completion"] == [{"role": "assistant", "content": block + sep + "x = 1 + 1"}]
     assert ex["prompt_markers"] == ex["completion_markers"] == paper.validate_markers(REC["markers"])
 
@@ -73,7 +81,10 @@ def test_baseline_renders_no_marker_anywhere(paper, fmt):
 
 def test_categories_restrict_the_blocks(paper):
     ex = _render(MarkerConfig(categories=("task", "domain"), dataset_dropout=0.0, sample_dropout=0.0), paper)
-    assert ex["completion_markers"] == {"task": "CodeFix", "domain": "Code"}  # taxonomy order, not config order
+    assert ex["completion_markers"] == {
+        "task": "CodeFix",
+        "domain": "Code",
+    }  # taxonomy order, not config order
     assert "<quality>" not in ex["prompt"][1]["content"]
 
 
@@ -83,7 +94,9 @@ def test_an_empty_prompt_side_renders_no_block(paper):
     no_markers = {**REC, "markers": {}}
     ex = _render(MarkerConfig(dataset_dropout=0.0), paper, rec=no_markers)
     assert PAPER_OPEN not in ex["prompt"][1]["content"]
-    assert ex["completion"][0]["content"].startswith("<MARKER_LIST> </MARKER_LIST>\n")  # the reply always opens one
+    assert ex["completion"][0]["content"].startswith(
+        "<MARKER_LIST> </MARKER_LIST>\n"
+    )  # the reply always opens one
 
 
 def _shares(paper, config, n_draws=3000):
@@ -117,7 +130,9 @@ def test_dropout_extremes_are_exact(paper):
 
 def test_dropout_is_fresh_every_epoch_and_reproducible(paper):
     config = MarkerConfig()
-    per_epoch = [[_render(config, paper, epoch=e, index=i)["prompt_markers"] for i in range(40)] for e in range(3)]
+    per_epoch = [
+        [_render(config, paper, epoch=e, index=i)["prompt_markers"] for i in range(40)] for e in range(3)
+    ]
     assert per_epoch[0] != per_epoch[1] != per_epoch[2]
     again = [_render(config, paper, epoch=1, index=i)["prompt_markers"] for i in range(40)]
     assert again == per_epoch[1]
@@ -146,4 +161,6 @@ def test_a_record_without_a_user_turn_is_rejected(paper):
     from treasure.errors import TreasureError
 
     with pytest.raises(TreasureError, match="no user turn"):
-        _render(MarkerConfig(), paper, rec={"messages": [{"role": "assistant", "content": "hi"}], "markers": {}})
+        _render(
+            MarkerConfig(), paper, rec={"messages": [{"role": "assistant", "content": "hi"}], "markers": {}}
+        )

@@ -32,8 +32,15 @@ def test_cli_train_changes_every_parameter_and_saves_a_bundle(tmp_path, capsys, 
     out = capsys.readouterr().out
     assert "16 records x 1 epoch copies = 16 examples" in out and "saved bundle to" in out
     run_dir = tmp_path / "run"
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "taxonomy.yaml",
-                 "treasure.json", "marker_stats.json"):  # fmt: skip
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "taxonomy.yaml",
+        "treasure.json",
+        "marker_stats.json",
+    ):
         assert (run_dir / name).is_file(), name
     bundle = load_bundle(run_dir)
     before, after = _initial_compact_model(paper), bundle.model.state_dict()
@@ -50,8 +57,10 @@ def test_cli_train_changes_every_parameter_and_saves_a_bundle(tmp_path, capsys, 
     # its chat template renders markers, as training did, from a `markers` argument
     assert bundle.tokenizer.apply_chat_template(
         USER, markers={"domain": "code", "quality": 3.14159}, add_generation_prompt=True, tokenize=False
-    ) == ("<|im_start|>user\nReverse 'apple'.<|markers|><|quality|>3.14<|domain=Code|><|/markers|><|im_end|>\n"
-          "<|im_start|>assistant\n")  # fmt: skip
+    ) == (
+        "<|im_start|>user\nReverse 'apple'.<|markers|><|quality|>3.14<|domain=Code|><|/markers|><|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
     assert bundle.tokenizer.encode("<|domain=Code|>", add_special_tokens=False) == [
         bundle.tokenizer.convert_tokens_to_ids("<|domain=Code|>")
     ]
@@ -59,7 +68,9 @@ def test_cli_train_changes_every_parameter_and_saves_a_bundle(tmp_path, capsys, 
     assert parsed.markers == {"task": "Rewrite"} and response == "elppa"
     # and the model generates from it
     ids = bundle.tokenizer(bundle.prompt(USER, {"task": "Rewrite"}), return_tensors="pt")
-    assert bundle.model.generate(**ids, max_new_tokens=3, do_sample=False).shape[1] > ids["input_ids"].shape[1]
+    assert (
+        bundle.model.generate(**ids, max_new_tokens=3, do_sample=False).shape[1] > ids["input_ids"].shape[1]
+    )
 
 
 def test_inspect_marks_the_trained_tokens(tmp_path, capsys):
@@ -92,7 +103,9 @@ def test_trl_trains_exactly_the_completion_markers_and_response(tmp_path, paper)
 def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
     from transformers import TrainerCallback
 
-    fields = dict(max_steps=3, save_strategy="steps", save_steps=2, n_records=8)
+    fields = dict(
+        max_steps=3, save_strategy="steps", save_steps=2, n_records=8, per_device_train_batch_size=1
+    )
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     straight = load_config(tiny_config(tmp_path / "a", **fields))
     train(straight)
@@ -105,7 +118,9 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
     interrupted = load_config(tiny_config(tmp_path / "b", **fields))
     with pytest.raises(KeyboardInterrupt):
         train(interrupted, callbacks=[Crash()])
-    assert (tmp_path / "b" / "run" / "checkpoint-2").is_dir() and not (tmp_path / "b" / "run" / "treasure.json").exists()
+    assert (tmp_path / "b" / "run" / "checkpoint-2").is_dir() and not (
+        tmp_path / "b" / "run" / "treasure.json"
+    ).exists()
     result = train(load_config(tiny_config(tmp_path / "b", **fields)), resume=True)
     assert result.resumed_from.endswith("checkpoint-2")
     a = load_bundle(tmp_path / "a" / "run").model.state_dict()
@@ -118,7 +133,8 @@ def test_baseline_sees_the_same_records_in_the_same_order_for_the_same_steps(tmp
     del_steps = {"max_steps": -1}
     marked = prepare(load_config(tiny_config(tmp_path, **fields, **del_steps)), load_model=False)
     base = prepare(
-        load_config(tiny_config(tmp_path, **fields, **del_steps), ["--markers.mode", "baseline"]), load_model=False
+        load_config(tiny_config(tmp_path, **fields, **del_steps), ["--markers.mode", "baseline"]),
+        load_model=False,
     )
     assert marked.counts["examples"] == base.counts["examples"] == 20
     tok_m, tok_b = marked.tokenizer, base.tokenizer
@@ -145,8 +161,12 @@ def test_lora_trains_the_new_token_rows_and_exports_a_plain_checkpoint(tmp_path,
     emb = "model.embed_tokens.weight"
     assert not torch.equal(merged[emb][new_rows], before[emb][new_rows])  # the marker rows were trained
     assert torch.equal(merged[emb][:50259], before[emb][:50259])  # the old vocabulary was not
-    assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"], before["model.layers.0.self_attn.q_proj.weight"])
-    assert torch.equal(merged["model.layers.0.mlp.up_proj.weight"], before["model.layers.0.mlp.up_proj.weight"])
+    assert not torch.equal(
+        merged["model.layers.0.self_attn.q_proj.weight"], before["model.layers.0.self_attn.q_proj.weight"]
+    )
+    assert torch.equal(
+        merged["model.layers.0.mlp.up_proj.weight"], before["model.layers.0.mlp.up_proj.weight"]
+    )
 
     out = tmp_path / "merged"
     assert main(["export", str(run_dir), str(out)]) == 0
@@ -156,3 +176,45 @@ def test_lora_trains_the_new_token_rows_and_exports_a_plain_checkpoint(tmp_path,
     exported = load_bundle(out)
     assert exported.info["adapter"] is False and exported.markers.format == "compact"
     assert "<|markers|><|task=Rewrite|><|/markers|>" in exported.prompt(USER, {"task": "Rewrite"})
+
+
+def test_resume_skips_a_checkpoint_cut_short(tmp_path):
+    from treasure.train.trainer import last_checkpoint
+
+    assert last_checkpoint(tmp_path) is None
+    for step, complete in ((2, True), (10, True), (12, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")  # numeric order; 12 was being written
+
+
+@pytest.mark.slow
+def test_cli_resume_after_a_kill(tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = tiny_config(tmp_path, max_steps=10, save_strategy="steps", save_steps=2, n_records=8)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "treasure.cli", "train", str(cfg)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    run_dir = tmp_path / "run"
+    deadline = time.time() + 600
+    while not (run_dir / "checkpoint-2" / "trainer_state.json").exists() and proc.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "treasure.json").exists()  # killed before the end
+    assert main(["train", str(cfg), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "(resumed from " in out and (run_dir / "treasure.json").is_file()
+    state = json.loads((run_dir / "checkpoint-10" / "trainer_state.json").read_text())
+    assert state["global_step"] == 10

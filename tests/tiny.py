@@ -26,11 +26,17 @@ TEMPLATES: dict[str, tuple[str, str | None, str]] = {
     "mistral-nemo": ("mistralai-Mistral-Nemo-Instruct-2407.jinja", "<s>", "</s>"),
     "gemma-2": ("google-gemma-2-2b-it.jinja", "<bos>", "<eos>"),
     "phi-3.5": ("microsoft-Phi-3.5-mini-instruct.jinja", None, "<|endoftext|>"),
-    "command-r7b": ("CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja", "<BOS_TOKEN>", "<|END_OF_TURN_TOKEN|>"),
+    "command-r7b": (
+        "CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja",
+        "<BOS_TOKEN>",
+        "<|END_OF_TURN_TOKEN|>",
+    ),
 }
 # Templates that reject a system turn (documented in docs/training.md).
 NO_SYSTEM = {"gemma-2"}
-_CONTROL = re.compile(r"<\|[A-Za-z_]+\|>|<start_of_turn>|<end_of_turn>|\[/?INST\]|\[/?AVAILABLE_TOOLS\]|\[TOOL_CALLS\]")
+_CONTROL = re.compile(
+    r"<\|[A-Za-z_]+\|>|<start_of_turn>|<end_of_turn>|\[/?INST\]|\[/?AVAILABLE_TOOLS\]|\[TOOL_CALLS\]"
+)
 
 
 def template_text(name: str) -> str:

@@ -19,6 +19,8 @@ COMMAND_MODULES = [
     "treasure.commands.stats",
     "treasure.commands.train",
     "treasure.commands.demo",
+    "treasure.commands.eval",
+    "treasure.commands.generate",
 ]
 
 

@@ -90,7 +90,9 @@ class LengthAnnotator:
         self.name = f"length:{tok_name}"
 
     def count_tokens(self, texts: list[str]) -> list[int]:
-        if hasattr(self._tok, "encode_batch"):  # tokenizers.Tokenizer: batched in Rust
+        if hasattr(self._tok, "encode_batch_fast"):  # tokenizers.Tokenizer: batched in Rust, no offsets
+            return [len(e.ids) for e in self._tok.encode_batch_fast(texts, add_special_tokens=False)]
+        if hasattr(self._tok, "encode_batch"):
             return [len(e.ids) for e in self._tok.encode_batch(texts, add_special_tokens=False)]
         return [len(ids) for ids in self._tok(texts, add_special_tokens=False)["input_ids"]]
 

@@ -4,7 +4,8 @@ As in the paper, each (record, category) is one few-shot request: the system pro
 with their one-line descriptions from the taxonomy, few-shot examples follow as earlier turns, and the model
 answers `{"value": V}` (constrained by a JSON schema where the endpoint supports it: vLLM, Ollama, OpenAI).
 Categories with an `Unspecified` value offer it; categories without one offer `none` ("no value applies"), which
-leaves the marker out.
+leaves the marker out. The model sees the last user turn and the final assistant turn, each clipped to `max_chars`
+(head and tail kept).
 
 Every answer is validated against the taxonomy. An invalid or unparseable answer is retried with a correction
 turn; after `max_attempts` it becomes `Unspecified` with the reason, or for a category without `Unspecified`, no
@@ -19,9 +20,9 @@ examples), the model, the taxonomy's name/version and the decoding settings, so 
 `--explain` costs no requests. Transport failures are never cached.
 
 Transport: plain `httpx2` (the HTTP stack of the official `openai` client) rather than `openai.AsyncOpenAI`.
-Measured here against a 200 ms endpoint at 64 requests in flight, the SDK spent ~2.3 ms of CPU per request
-(mostly its parameter transformation) and reached 59-70% of the endpoint's throughput; the same requests through
-httpx2 cost ~0.9 ms and reached 86%. We need our own retry policy anyway (per-record reasons, stop on auth
+Against a 200 ms endpoint with 64 requests in flight, a loop through the SDK reached 108 requests/s where the same
+loop through httpx2 reached 256 (bench/RESULTS_llm.md): the SDK spends ~2.3 ms of CPU per request, mostly in its
+parameter transformation, against ~0.9 ms. We need our own retry policy anyway (per-record reasons, stop on auth
 errors), so the SDK's retries would be switched off. Concurrency is asyncio on one background event-loop thread
 per annotator, so connections are kept alive across the pipeline's chunks.
 """

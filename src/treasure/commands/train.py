@@ -40,6 +40,7 @@ def register(sub) -> None:
     )
     p = sub.add_parser(
         "train",
+        usage="treasure train CONFIG.yaml [--resume] [--key value ...] [--markers.KEY value ...]",
         help="fine-tune a model with training-time markers (TRL SFTTrainer)",
         description="Fine-tune a causal LM on annotated records with training-time markers and save a bundle.",
         epilog=epilog,
@@ -51,6 +52,7 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "inspect",
+        usage="treasure inspect CONFIG.yaml [--n N] [--epoch E] [--color auto|always|never] [--key value ...]",
         help="print rendered training examples with the trained tokens marked",
         description="Render the first examples of a training run exactly as the trainer will see them.",
         epilog=epilog,
@@ -97,8 +99,8 @@ def run_train(args: argparse.Namespace) -> int:
 def run_inspect(args: argparse.Namespace) -> int:
     from treasure.errors import ConfigError
     from treasure.train.config import load_config
-    from treasure.train.token_view import describe, legend
     from treasure.train.render import epoch_order
+    from treasure.train.token_view import describe, legend
     from treasure.train.trainer import prepare
 
     overrides = _split(args, _inspect_options)

@@ -18,6 +18,7 @@ and `block_closed=False`, never an exception.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -26,6 +27,8 @@ from typing import Any
 
 from treasure.errors import TaxonomyError, TreasureError
 from treasure.markers import merge_markers
+
+log = logging.getLogger(__name__)
 
 MODES = ("inferred", "fixed", "onthefly")
 # Annotators that read only the prompt, so they can run before a response exists.
@@ -82,6 +85,9 @@ class Generator:
         self._onthefly = list(onthefly_annotators) if onthefly_annotators is not None else None
         self._stop_ids = self._end_of_turn_ids()
         self._lock = threading.Lock()  # one generate at a time per model (the server's threads share it)
+        # A fast tokenizer is a Rust object that refuses concurrent use ("Already borrowed") when one call changes
+        # its padding settings while another reads it: every encode and decode goes through this lock.
+        self._tok_lock = threading.RLock()
 
     # -------------------------------------------------------------------------------------------- markers in
 
@@ -111,10 +117,16 @@ class Generator:
         if self._onthefly is None:
             from treasure.annotate.pipeline import AnnotateOptions, build_annotators
 
-            cats = [c.name for c in self.taxonomy if c.annotator in PROMPT_ANNOTATORS]
-            self._onthefly = (
-                build_annotators(self.bundle.taxonomy, AnnotateOptions(categories=cats))[0] if cats else []
-            )
+            self._onthefly = []
+            for kind in PROMPT_ANNOTATORS:
+                cats = [c.name for c in self.taxonomy if c.annotator == kind]
+                if not cats:
+                    continue
+                try:
+                    self._onthefly += build_annotators(self.bundle.taxonomy, AnnotateOptions(categories=cats))[0]
+                except ModuleNotFoundError as e:  # an annotator this install lacks: predict the others
+                    log.warning("on-the-fly markers: no %s annotator (%s); %s not predicted", kind, e,
+                                ", ".join(cats))  # fmt: skip
         record = {"messages": [*messages, {"role": "assistant", "content": ""}], "markers": {}}
         found: dict[str, Any] = {}
         for ann in self._onthefly:
@@ -140,9 +152,14 @@ class Generator:
 
     # ------------------------------------------------------------------------------------------- generation
 
-    def _generate_kwargs(self, max_new_tokens: int, temperature: float, top_p: float) -> dict[str, Any]:
+    def _generate_kwargs(
+        self, max_new_tokens: int, temperature: float, top_p: float, min_new_tokens: int = 0
+    ) -> dict[str, Any]:
+        if max_new_tokens < 1:
+            raise TreasureError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         kw: dict[str, Any] = {
             "max_new_tokens": max_new_tokens,
+            "min_new_tokens": min(min_new_tokens, max_new_tokens) or None,
             "eos_token_id": self._stop_ids or None,
             "pad_token_id": self.tokenizer.pad_token_id,
         }
@@ -161,7 +178,8 @@ class Generator:
                 reason = "stop"
                 break
             out.append(i)
-        text = self.tokenizer.decode(out, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        with self._tok_lock:
+            text = self.tokenizer.decode(out, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         pad = self.tokenizer.pad_token
         if pad and pad not in stop:
             text = text.replace(pad, "")
@@ -201,8 +219,13 @@ class Generator:
         seed: int | None = None,
         batch_size: int = 16,
         progress: bool = False,
+        min_new_tokens: int = 0,
     ) -> list[Generation]:
-        """Generate for many conversations; `markers` gives one dict (or None) per conversation."""
+        """Generate for many conversations; `markers` gives one dict (or None) per conversation.
+
+        `min_new_tokens` keeps the end of turn out until that many tokens are written (benchmarks use it to fix
+        the length of a generation).
+        """
         import torch
         from transformers import LogitsProcessorList
 
@@ -216,12 +239,13 @@ class Generator:
         bar = tqdm(total=len(plans), desc="generate", unit="prompt", disable=not progress)
         for start in range(0, len(plans), batch_size):
             chunk = plans[start : start + batch_size]
-            enc = self.tokenizer(
-                [p for p, _ in chunk], return_tensors="pt", padding=True, add_special_tokens=False
-            )
+            with self._tok_lock:
+                enc = self.tokenizer(
+                    [p for p, _ in chunk], return_tensors="pt", padding=True, add_special_tokens=False
+                )
             enc = {k: v.to(self.model.device) for k, v in enc.items()}
             processor = self.constraint.logits_processor([f for _, f in chunk]) if self.constraint else None
-            kw = self._generate_kwargs(max_new_tokens, temperature, top_p)
+            kw = self._generate_kwargs(max_new_tokens, temperature, top_p, min_new_tokens)
             with self._lock, torch.inference_mode():
                 if seed is not None:
                     torch.manual_seed(seed + start)
@@ -254,6 +278,7 @@ class Generator:
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        min_new_tokens: int = 0,
     ) -> Iterator[str | Generation]:
         """Yield the response text in pieces as it is generated (the block is held back), then the Generation.
 
@@ -265,10 +290,12 @@ class Generator:
 
         mode = mode or ("fixed" if markers else "inferred")
         prompt, fixed = self.plan(messages, markers, mode)
-        enc = self.tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
+        with self._tok_lock:
+            enc = self.tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
         enc = {k: v.to(self.model.device) for k, v in enc.items()}
         width = enc["input_ids"].shape[1]
         processor = self.constraint.logits_processor([fixed]) if self.constraint else None
+        gen_kw = self._generate_kwargs(max_new_tokens, temperature, top_p, min_new_tokens)
         ids_q: queue.Queue = queue.Queue()
 
         class _Ids(BaseStreamer):
@@ -293,7 +320,7 @@ class Generator:
                     box["out"] = self.model.generate(
                         **enc, streamer=_Ids(),
                         logits_processor=LogitsProcessorList([processor] if processor else []),
-                        **self._generate_kwargs(max_new_tokens, temperature, top_p),
+                        **gen_kw,
                     )  # fmt: skip
             except BaseException as e:  # surfaced to the caller below
                 box["error"] = e

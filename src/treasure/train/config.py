@@ -71,9 +71,13 @@ class TreasureSFTConfig(SFTConfig):
         # The loss is always the completion's (marker block and response): TRL's switches for other masks would
         # either be overridden or fail on the pre-tokenised data, so refuse them by name.
         if self.completion_only_loss is False:
-            raise ConfigError("completion_only_loss: false is not supported: the loss never covers the prompt")
+            raise ConfigError(
+                "completion_only_loss: false is not supported: the loss never covers the prompt"
+            )
         if self.assistant_only_loss:
-            raise ConfigError("assistant_only_loss: not needed: the loss covers the final assistant turn only")
+            raise ConfigError(
+                "assistant_only_loss: not needed: the loss covers the final assistant turn only"
+            )
         if self.chat_template_kwargs is not None and not isinstance(self.chat_template_kwargs, dict):
             raise ConfigError(f"chat_template_kwargs: expected a mapping, got {self.chat_template_kwargs!r}")
 

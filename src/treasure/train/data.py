@@ -43,14 +43,27 @@ def _ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict], **kw) -> list
 
 
 def _completion_text(tokenizer, prompt: list[dict], completion: list[dict], kw: dict) -> str:
-    """What the template renders for `completion` after `prompt` (its end-of-turn tokens included)."""
-    full = tokenizer.apply_chat_template(prompt + completion, tokenize=False, **kw)
+    """What the model must write after the inference-time prompt: the completion's content, what the template puts
+    after it (end of turn), and what it puts before it beyond the generation prompt (Command R's <|START_RESPONSE|>)."""
+
+    def render(messages: list[dict], **extra) -> str:
+        return tokenizer.apply_chat_template(messages, tokenize=False, **kw, **extra)
+
     probe = [*completion[:-1], {**completion[-1], "content": _SENTINEL}]
-    with_probe = tokenizer.apply_chat_template(prompt + probe, tokenize=False, **kw)
+    with_probe = render(prompt + probe)
     at = with_probe.find(_SENTINEL)
+    full = render(prompt + completion)
     if at < 0 or not full.startswith(with_probe[:at]):
         raise TreasureError("the chat template does not render the reply's text where this tool can find it")
-    return full[at:]
+    before, text = with_probe[:at], full[at:]
+    turns, with_generation = render(prompt), render(prompt, add_generation_prompt=True)
+    if before.startswith(turns) and with_generation.startswith(turns):
+        header, generation = before[len(turns) :], with_generation[len(turns) :]
+        if header.startswith(generation):
+            return header[len(generation) :] + text
+    # The template renders the prompt's turns differently once a reply follows (Mistral Nemo moves the system
+    # message): the reply's opening cannot be told apart, so the content and what follows it are the completion.
+    return text
 
 
 def tokenize_example(

@@ -201,6 +201,21 @@ def build_trainer(
     return trainer
 
 
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest complete `checkpoint-N` in `output_dir`. The trainer writes trainer_state.json last, so a folder
+    without it was cut short by a kill during the save; the one before it is used."""
+    folders = sorted(
+        (p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for folder in folders:
+        if (folder / "trainer_state.json").is_file():
+            return str(folder)
+        log.warning("skipping %s: incomplete (no trainer_state.json)", folder)
+    return None
+
+
 @dataclass
 class TrainResult:
     output_dir: Path
@@ -213,13 +228,11 @@ def train(
     run: RunConfig, *, resume: bool = False, callbacks: list[TrainerCallback] | None = None
 ) -> TrainResult:
     """Train `run` and save its bundle into `output_dir`. `resume` continues from the last checkpoint there."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     from treasure.stats import marker_stats
     from treasure.train.bundle import write_bundle_files
 
     output_dir = Path(run.args.output_dir)
-    resume_from = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
+    resume_from = last_checkpoint(output_dir) if resume else None
     if resume and resume_from is None:
         log.warning("--resume: no checkpoint in %s, starting from the beginning", output_dir)
     prep = prepare(run)
