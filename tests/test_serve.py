@@ -74,7 +74,7 @@ def client(served) -> openai.OpenAI:
 def _chat(client, **kw):
     kw.setdefault("model", NAME)
     kw.setdefault("messages", USER)
-    kw.setdefault("max_tokens", 72)
+    kw.setdefault("max_tokens", 40)
     kw.setdefault("temperature", 0)
     return client.chat.completions.create(**kw)
 

@@ -276,7 +276,10 @@ def write_records(path: str | Path, records: list[dict]) -> int:
         import pyarrow.parquet as pq
 
         try:
-            table = pa.Table.from_pylist(list(records))
+            # from_pylist takes its columns from the first row only: build from one struct array so a key that
+            # only some records carry is kept.
+            rows = list(records)
+            table = pa.Table.from_struct_array(pa.array(rows)) if rows else pa.table({})
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
             raise TreasureError(f"{p}: records do not share one schema for Parquet ({e}); write .jsonl") from None
         pq.write_table(table, p)
