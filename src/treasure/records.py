@@ -136,11 +136,15 @@ def normalize_record(
     if taxonomy is not None:
         checked = {}
         for key, value in markers.items():
+            if value is None:  # Parquet writes a missing marker as null
+                continue
             try:
                 checked[key] = taxonomy.coerce(key, value)
             except TaxonomyError as e:
                 raise err(f"markers.{key}", str(e).split(": ", 1)[-1]) from None
         markers = checked
+    else:
+        markers = {k: v for k, v in markers.items() if v is not None}
     record["markers"] = markers
     for key, value in raw.items():
         if key not in consumed and key not in record:
