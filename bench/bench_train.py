@@ -6,7 +6,8 @@
 Arms, each training the same model from the same weights on the same examples in the same order for the same steps:
 - ``trl``: plain TRL, the conversational prompt/completion records handed to `SFTTrainer` as they are (the baseline);
 - ``baseline``: treasure's `markers.mode: baseline` (our rendering and tokenisation, no markers);
-- ``compact`` and ``paper``: the paper's marker recipe (all 13 categories, 50/50 dropout) in each format.
+- ``compact`` and ``paper``: the paper's marker recipe (all 13 categories unless `--categories`, 50/50 dropout) in
+  each format (`--arms` picks them).
 The figure is the ratio of response tokens trained per second against ``trl``: marker blocks cost time but are not
 response tokens, so the ratio prices the markers. Response tokens per step are the same in every arm (same examples,
 no truncation), so the ratio is ``trl``'s time over the arm's time for the same steps, summed over the timed steps of
@@ -194,6 +195,7 @@ def main() -> int:
     p.add_argument("--out", default=str(REPO / "bench" / "RESULTS_train.md"))
     p.add_argument("--append", action="store_true", help="add to --out instead of replacing it")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--arms", default="compact,paper", help="marker arms to run besides trl and baseline")
     opts = p.parse_args()
     import torch
 
@@ -204,7 +206,8 @@ def main() -> int:
     recs = oasst_records(opts.data)
     from treasure.records import write_records
 
-    results: dict[str, list[dict]] = {a: [] for a in ARMS}
+    arms = tuple(a for a in ARMS if a in {"trl", "baseline", *opts.arms.split(",")})
+    results: dict[str, list[dict]] = {a: [] for a in arms}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         # keep the records that fit max_length in every arm (so no arm trains a truncated response)
@@ -229,7 +232,7 @@ def main() -> int:
         write_records(tmp / "train.jsonl", recs)
         print(f"{len(recs)} records fit max_length {opts.max_length}", flush=True)
         for r in range(opts.rounds):
-            for arm in ARMS if r % 2 == 0 else ARMS[::-1]:
+            for arm in arms if r % 2 == 0 else arms[::-1]:
                 res = measure(arm, tmp, opts)
                 results[arm].append(res)
                 print(
@@ -260,9 +263,9 @@ def summarize(results: dict[str, list[dict]], recs: list[dict], opts: argparse.N
         rounds = [total("trl", key, r) / total(arm, key, r) for r in range(opts.rounds)]
         return total("trl", key) / total(arm, key), min(rounds), max(rounds)
 
-    tokens = {a: statistics.mean(results[a][0]["lengths"]) for a in ARMS}
+    tokens = {a: statistics.mean(results[a][0]["lengths"]) for a in results}
     rows = []
-    for arm in ARMS:
+    for arm in results:
         first = results[arm][0]
         cpu_s = total(arm, "cpu") / (timed * opts.rounds)
         wall_s = total(arm, "wall") / (timed * opts.rounds)

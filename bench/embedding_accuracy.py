@@ -67,10 +67,10 @@ def mt_bench_accuracy(preds: list[str], questions: list[dict], cat: str) -> tupl
 
 
 def throughput_texts(data: Path, n: int) -> list[str]:
-    oasst = [
-        json.loads(x)["prompt"]["text"] for x in open(data / "conversations" / "oasst_en_100_tree.jsonl")
-    ]
-    arena = [json.loads(x)["prompt"] for x in open(data / "prompts" / "arena_hard_v0.1_question.jsonl")]
+    with open(data / "conversations" / "oasst_en_100_tree.jsonl", encoding="utf-8") as fh:
+        oasst = [json.loads(x)["prompt"]["text"] for x in fh]
+    with open(data / "prompts" / "arena_hard_v0.1_question.jsonl", encoding="utf-8") as fh:
+        arena = [json.loads(x)["prompt"] for x in fh]
     pool = [t for pair in zip(arena, oasst * 5, strict=False) for t in pair] + arena[len(oasst) * 5 :]
     return [pool[i % len(pool)] for i in range(n)]
 

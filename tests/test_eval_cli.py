@@ -84,6 +84,9 @@ def test_one_evaluation_alone_and_errors(bundles, data, tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["meta"]["evals"] == ["markers"] and "control" not in report
     assert report["marker_accuracy"]["m"]["domain"]["n"] == 3
-    assert main(["eval", "judge", "--run", f"m={bundles['markers']}", "--data", str(data), "--out", str(out)]) == 2
+    assert (
+        main(["eval", "judge", "--run", f"m={bundles['markers']}", "--data", str(data), "--out", str(out)])
+        == 2
+    )
     assert "needs --judge-url" in capsys.readouterr().err
     assert main(["eval", "slices", "--run", f"m={bundles['markers']}:fixd", "--out", str(out)]) == 2

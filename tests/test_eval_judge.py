@@ -27,7 +27,9 @@ def judge_app(calls: list[str]) -> FastAPI:
         prompt = body["messages"][-1]["content"]
         calls.append(prompt)
         if "explode" in prompt:
-            return JSONResponse({"error": {"message": "judge crashed", "type": "server_error"}}, status_code=500)
+            return JSONResponse(
+                {"error": {"message": "judge crashed", "type": "server_error"}}, status_code=500
+            )
         a = prompt.split("[The Start of Assistant A's Answer]\n")[1].split("\n[The End")[0]
         b = prompt.split("[The Start of Assistant B's Answer]\n")[1].split("\n[The End")[0]
         if "garbage" in prompt:
@@ -44,7 +46,9 @@ def judge_app(calls: list[str]) -> FastAPI:
             "object": "chat.completion",
             "created": 0,
             "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}
+            ],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         }
 
@@ -59,8 +63,12 @@ class JudgeServer:
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self.base_url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/v1"
-        self._server = uvicorn.Server(uvicorn.Config(judge_app(self.calls), log_level="error", access_log=False))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+        self._server = uvicorn.Server(
+            uvicorn.Config(judge_app(self.calls), log_level="error", access_log=False)
+        )
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
 
     def __enter__(self) -> JudgeServer:
         self._thread.start()

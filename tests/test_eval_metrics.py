@@ -48,13 +48,23 @@ def test_marker_accuracy_skips_unannotated_examples_and_counts_missing_as_wrong(
 def test_length_items_and_scores():
     assert ctl.length_markers(30) == {"length_tokens": 40, "length_bucket": "concise"}
     assert ctl.length_markers(400)["length_bucket"] == "medium"
-    items = ctl.build_items([("p1", "Tell me about owls."), ("p2", "Why is the sky blue?")], 2, kinds=["length"])
+    items = ctl.build_items(
+        [("p1", "Tell me about owls."), ("p2", "Why is the sky blue?")], 2, kinds=["length"]
+    )
     item = items[0]
-    assert item.instructed.startswith(f"Answer the following instruction using {item.target} words or less.\n\n")
+    assert item.instructed.startswith(
+        f"Answer the following instruction using {item.target} words or less.\n\n"
+    )
     assert item.prompt in item.instructed
     ok = ctl.score_item(item, "word " * item.target, n_tokens=10)
     too_long = ctl.score_item(item, "word " * (item.target + 1), n_tokens=900)
-    assert ok == {"words": item.target, "limit": item.target, "violation": False, "tokens": 10, "bucket_hit": True}
+    assert ok == {
+        "words": item.target,
+        "limit": item.target,
+        "violation": False,
+        "tokens": 10,
+        "bucket_hit": True,
+    }
     assert too_long["violation"] and not too_long["bucket_hit"]
     summary = ctl.summarize([item, item], [ok, too_long])["length"]
     assert summary["violation_rate"] == 0.5 and summary["bucket_hit_rate"] == 0.5
@@ -122,7 +132,9 @@ def test_split_metric_and_tail_lift():
     assert a == {"all": {"n": 3, "mean": 2 / 3}, "head": {"n": 1, "mean": 1.0}, "tail": {"n": 2, "mean": 0.5}}
     assert sl.tail_lift(a, b) == pytest.approx(0.5)
     assert sl.tail_lift(a, sl.split_metric([1.0], ["head"])) is None
-    assert sl.per_value([1.0, 0.0], [{"domain": "Code"}, {"domain": "Legal"}], "domain")["Legal"]["mean"] == 0.0
+    assert (
+        sl.per_value([1.0, 0.0], [{"domain": "Code"}, {"domain": "Legal"}], "domain")["Legal"]["mean"] == 0.0
+    )
 
 
 def test_parse_slice():
@@ -152,7 +164,7 @@ def test_parse_verdict_and_combine():
 
 def test_bootstrap_ci_brackets_the_mean():
     lo, hi = bootstrap_ci([1.0] * 30 + [0.0] * 10, n_boot=500)
-    assert lo < 0.75 < hi and 0.5 < lo and hi < 0.95
+    assert lo < 0.75 < hi and lo > 0.5 and hi < 0.95
     assert bootstrap_ci([]) == (None, None)
 
 
@@ -166,7 +178,9 @@ def test_pairwise_counts_garbage_and_errors_without_crashing():
         return "[[A]]" if a.startswith("good") else "[[B]]"
 
     qs = ["q1", "q2", "q3 garbage", "q4 boom"]
-    result = pairwise(qs, ["good 1", "bad 2", "good 3", "good 4"], ["bad 1", "good 2", "bad 3", "bad 4"], judge)
+    result = pairwise(
+        qs, ["good 1", "bad 2", "good 3", "good 4"], ["bad 1", "good 2", "bad 3", "bad 4"], judge
+    )
     s = result.summary()
     assert result.scores == [1.0, 0.0, None, None]
     assert (s["wins"], s["losses"], s["ties"], s["judged"], s["n"]) == (1, 1, 0, 2, 4)
@@ -207,7 +221,13 @@ def test_report_from_a_hand_made_report(tmp_path):
             "unparsed": 1, "errors": 0}}],
     }  # fmt: skip
     md = to_markdown(json.loads(json.dumps(report)))
-    for section in ("## Marker accuracy", "## Control", "## Long-tail slices", "## Pairwise judge", "## How this"):
+    for section in (
+        "## Marker accuracy",
+        "## Control",
+        "## Long-tail slices",
+        "## Pairwise judge",
+        "## How this",
+    ):
         assert section in md
     assert "| b | +100.0 pts |" in md and "1 unparsed, 0 errors" in md and "50.0% / 0.33 (n=2)" in md
     paths = write_report(report, tmp_path)

@@ -218,3 +218,20 @@ def test_cli_resume_after_a_kill(tmp_path, capsys):
     assert "(resumed from " in out and (run_dir / "treasure.json").is_file()
     state = json.loads((run_dir / "checkpoint-10" / "trainer_state.json").read_text())
     assert state["global_step"] == 10
+
+
+def test_epochs_become_one_sequential_pass_over_epoch_copies(tmp_path):
+    from treasure.train.trainer import epoch_copies, trl_args
+
+    run = load_config(
+        tiny_config(tmp_path, max_steps=-1, num_train_epochs=3, eval_strategy="epoch", save_strategy="epoch")
+    )
+    assert epoch_copies(run.args, 10) == 3
+    args = trl_args(run.args, 10, 3)
+    assert args.num_train_epochs == 1.0 and args.train_sampling_strategy == "sequential"
+    assert args.completion_only_loss is True
+    assert args.save_strategy == "steps" and args.save_steps == 5  # 10 records / batch 2
+    assert args.eval_strategy == "steps" and args.eval_steps == 5
+    assert run.args.save_strategy == "epoch"  # the user's config is left as it was
+    run = load_config(tiny_config(tmp_path, max_steps=7, per_device_train_batch_size=3))
+    assert epoch_copies(run.args, 10) == 3  # 7 steps x 3 examples need 21 examples: 3 copies of 10

@@ -33,7 +33,7 @@ def judge_prompt() -> str:
 
 
 def parse_verdict(reply: str | None) -> str | None:
-    """"A", "B" or "tie" from a judge reply; None when it names no verdict or contradicting ones."""
+    """ "A", "B" or "tie" from a judge reply; None when it names no verdict or contradicting ones."""
     found = {m.upper() if m.lower() != "tie" else "C" for m in _VERDICT.findall(reply or "")}
     if len(found) != 1:
         return None
@@ -111,7 +111,9 @@ def pairwise(
 ) -> JudgeResult:
     """Judge every question in both orders with `judge` (prompt text -> reply text). Never raises for a reply."""
     if not len(questions) == len(answers_a) == len(answers_b):
-        raise ValueError(f"{len(questions)} questions, {len(answers_a)} A answers, {len(answers_b)} B answers")
+        raise ValueError(
+            f"{len(questions)} questions, {len(answers_a)} A answers, {len(answers_b)} B answers"
+        )
     template = template or judge_prompt()
     prompts = []
     for q, a, b in zip(questions, answers_a, answers_b, strict=True):
@@ -160,7 +162,9 @@ class OpenAIJudge:
 
         from openai import OpenAI
 
-        key = api_key or os.environ.get("TREASURE_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY") or "none"
+        key = (
+            api_key or os.environ.get("TREASURE_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY") or "none"
+        )
         self.client = OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=max_retries)
         self.model = model
         self.max_tokens = max_tokens

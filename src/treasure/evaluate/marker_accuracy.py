@@ -68,7 +68,9 @@ def marker_accuracy(
     return out
 
 
-def example_scores(gold: dict[str, Any], predicted: dict[str, Any], categories: Iterable[str]) -> float | None:
+def example_scores(
+    gold: dict[str, Any], predicted: dict[str, Any], categories: Iterable[str]
+) -> float | None:
     """The share of an example's annotated categories the model got right (None when it has none of them)."""
     cats = [c for c in categories if gold.get(c) is not None]
     if not cats:
@@ -99,7 +101,9 @@ def plot_confusion(scores: dict[str, Any], title: str, path: str | Path) -> Path
             if matrix[i][j]:
                 color = "white" if shares[i][j] > 0.5 else "black"
                 ax.text(j, i, str(matrix[i][j]), ha="center", va="center", fontsize=7, color=color)
-    ax.set_title(f"{title}\naccuracy {scores['accuracy']:.0%}, macro-F1 {scores['macro_f1']:.2f}", fontsize=10)
+    ax.set_title(
+        f"{title}\naccuracy {scores['accuracy']:.0%}, macro-F1 {scores['macro_f1']:.2f}", fontsize=10
+    )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     path = Path(path)

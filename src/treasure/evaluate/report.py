@@ -156,7 +156,9 @@ def _md_slices(section: dict) -> list[str]:
     lines += _table(["metric", "slice", *runs], rows)
     if section.get("tail_lift"):
         lines += ["", f"Tail lift (tail metric of the run minus that of `{section['reference']}`):", ""]
-        lift_rows = [[run, *(_signed(lifts.get(m)) for m in metrics)] for run, lifts in section["tail_lift"].items()]
+        lift_rows = [
+            [run, *(_signed(lifts.get(m)) for m in metrics)] for run, lifts in section["tail_lift"].items()
+        ]
         lines += _table(["run", *metrics], lift_rows)
     return [*lines, "", "Bars: `plots/slices_*.png`.", ""]
 
@@ -179,7 +181,9 @@ def _md_judge(section: list[dict]) -> list[str]:
     for j in section:
         s = j.get("summary")
         if s is None:
-            rows.append([f"{j['a']} vs {j['b']}", j.get("slice") or "all", "–", "–", "–", j.get("skipped", "")])
+            rows.append(
+                [f"{j['a']} vs {j['b']}", j.get("slice") or "all", "–", "–", "–", j.get("skipped", "")]
+            )
             continue
         ci = f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]" if s["win_rate"] is not None else "–"
         rows.append([
@@ -193,7 +197,12 @@ def _md_judge(section: list[dict]) -> list[str]:
 
 def to_markdown(report: dict) -> str:
     meta = report["meta"]
-    lines = ["# treasure evaluation report", "", f"Data: `{meta.get('data')}`, created {meta['created']}.", ""]
+    lines = [
+        "# treasure evaluation report",
+        "",
+        f"Data: `{meta.get('data')}`, created {meta['created']}.",
+        "",
+    ]
     lines += _md_runs(report)
     if "marker_accuracy" in report:
         lines += _md_marker_accuracy(report["marker_accuracy"])
@@ -258,7 +267,9 @@ def plot_slices(section: dict, out_dir: Path) -> list[Path]:
 
 def plot_length_scatter(section: dict, out_dir: Path) -> Path | None:
     """Requested word limit against words written, one colour per run, the limit as a diagonal."""
-    points = {run: [(e["limit"], e["words"]) for e in s["examples"] if "limit" in e] for run, s in section.items()}
+    points = {
+        run: [(e["limit"], e["words"]) for e in s["examples"] if "limit" in e] for run, s in section.items()
+    }
     if not any(points.values()):
         return None
     plt = _plt()
@@ -290,7 +301,9 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
     written: list[Path] = []
     for run, scores in report.get("marker_accuracy", {}).items():
         for cat, s in scores.items():
-            written.append(plot_confusion(s, f"{run}: {cat}", plots / f"confusion_{_safe(run)}_{_safe(cat)}.png"))
+            written.append(
+                plot_confusion(s, f"{run}: {cat}", plots / f"confusion_{_safe(run)}_{_safe(cat)}.png")
+            )
     if "slices" in report:
         written += plot_slices(report["slices"], plots)
     if "control" in report:

@@ -227,7 +227,9 @@ def marker_accuracy_section(runs: list[ModelRun], records: list[dict], data: dic
     return out
 
 
-def slices_section(runs: list[ModelRun], records: list[dict], data: dict, options: EvalOptions) -> dict[str, Any]:
+def slices_section(
+    runs: list[ModelRun], records: list[dict], data: dict, options: EvalOptions
+) -> dict[str, Any]:
     ref = next((r for r in runs if r.bundle.stats), None)
     if ref is None:
         raise TreasureError("no bundle has training marker statistics (marker_stats.json); cannot slice")
@@ -238,7 +240,9 @@ def slices_section(runs: list[ModelRun], records: list[dict], data: dict, option
     metrics: dict[str, dict[str, Any]] = {}
     for run in runs:
         examples = data[run.spec.name]
-        names = [k for k in ("exact_match", "token_f1", "marker_match") if k in examples[0]] if examples else []
+        names = (
+            [k for k in ("exact_match", "token_f1", "marker_match") if k in examples[0]] if examples else []
+        )
         metrics[run.spec.name] = {m: sl.split_metric([e[m] for e in examples], slices) for m in names}
     base = runs[0].spec.name
     lifts = {
@@ -267,18 +271,23 @@ def control_section(runs: list[ModelRun], options: EvalOptions) -> dict[str, Any
     for run in runs:
         by_marker = [bool(run.usable(i.markers)) for i in items]
         convs = [
-            [{"role": "user", "content": i.prompt if m else i.instructed}] for i, m in zip(items, by_marker, strict=True)
+            [{"role": "user", "content": i.prompt if m else i.instructed}]
+            for i, m in zip(items, by_marker, strict=True)
         ]
         gens = run.generate(convs, [i.markers if m else None for i, m in zip(items, by_marker, strict=True)])
         texts = [g.text for g in gens]
         tokens = count(texts)
         scores = [ctl.score_item(i, t, n) for i, t, n in zip(items, texts, tokens, strict=True)]
-        asked = "markers" if all(by_marker) else "instruction" if not any(by_marker) else "markers where possible"
+        asked = (
+            "markers" if all(by_marker) else "instruction" if not any(by_marker) else "markers where possible"
+        )
         out[run.spec.name] = {
             "asked_by": asked,
             "summary": ctl.summarize(items, scores),
-            "examples": [{**i.to_dict(), **s, "by_marker": m, "response": t}
-                         for i, s, m, t in zip(items, scores, by_marker, texts, strict=True)],  # fmt: skip
+            "examples": [
+                {**i.to_dict(), **s, "by_marker": m, "response": t}
+                for i, s, m, t in zip(items, scores, by_marker, texts, strict=True)
+            ],  # fmt: skip
         }
     return out
 
@@ -369,8 +378,12 @@ def evaluate(
     cache: dict[Path, Any] = {}
     runs = [ModelRun(s, options, cache) for s in specs]
     report: dict[str, Any] = {
-        "meta": {**provenance(argv), "data": str(data) if data else None, "evals": list(options.evals),
-                 "options": {k: v for k, v in vars(options).items() if k != "extra"}},  # fmt: skip
+        "meta": {
+            **provenance(argv),
+            "data": str(data) if data else None,
+            "evals": list(options.evals),
+            "options": {k: v for k, v in vars(options).items() if k != "extra"},
+        },  # fmt: skip
         "runs": [r.describe() for r in runs],
     }
     needs_data = {"markers", "slices", "judge"} & set(options.evals)

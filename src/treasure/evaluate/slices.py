@@ -34,7 +34,9 @@ def categorical(stats: dict[str, Any]) -> list[str]:
     return [c for c, s in stats.get("categories", {}).items() if s.get("kind") == "categorical"]
 
 
-def example_slice(markers: dict[str, Any], stats: dict[str, Any], categories: Iterable[str] | None = None) -> str:
+def example_slice(
+    markers: dict[str, Any], stats: dict[str, Any], categories: Iterable[str] | None = None
+) -> str:
     """`tail` when any chosen category's value is rare in training, else `head` (default: all categorical)."""
     cats = list(categories) if categories is not None else categorical(stats)
     return "tail" if any(c in markers and is_tail(stats, c, markers[c]) for c in cats) else "head"
@@ -50,7 +52,9 @@ def split_metric(values: Sequence[float | None], slices: Sequence[str]) -> dict[
         raise ValueError(f"{len(values)} values for {len(slices)} slices")
     out = {"all": _summary([float(v) for v in values if v is not None])}
     for name in SLICES:
-        out[name] = _summary([float(v) for v, s in zip(values, slices, strict=True) if s == name and v is not None])
+        out[name] = _summary(
+            [float(v) for v, s in zip(values, slices, strict=True) if s == name and v is not None]
+        )
     return out
 
 
@@ -60,7 +64,9 @@ def tail_lift(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> flo
     return None if ta is None or tb is None else ta - tb
 
 
-def per_value(values: Sequence[float | None], markers: Sequence[dict[str, Any]], category: str) -> dict[str, Any]:
+def per_value(
+    values: Sequence[float | None], markers: Sequence[dict[str, Any]], category: str
+) -> dict[str, Any]:
     """Mean of a metric per value of one category: {value: {"n", "mean"}} (for per-slice bar charts)."""
     groups: dict[str, list[float]] = {}
     for v, m in zip(values, markers, strict=True):

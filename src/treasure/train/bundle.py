@@ -142,7 +142,8 @@ def _load_base(name: str, tokenizer: PreTrainedTokenizerBase, dtype: Any) -> Pre
         try:
             model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
         except OSError as e:
-            raise TreasureError(f"cannot load the base model {name!r} of this LoRA bundle ({e})") from None
+            msg = " ".join(str(e).split())[:300]
+            raise TreasureError(f"cannot load the base model {name!r} of this LoRA bundle ({msg})") from None
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         # The adapter holds the trained rows of the added tokens; their starting values do not matter here.
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)

@@ -134,7 +134,8 @@ def build_dataset(
                 ex = spec.example(tokenizer, records[index], epoch=epoch, index=index)
                 row = (ex["input_ids"], ex["completion_mask"], ex["split"], "")
             except Exception as e:  # the template's own errors (jinja2 TemplateError) included
-                row = ([], [], "", f"{index}\t{type(e).__name__}: {e}")
+                message = " ".join(str(e).split())  # one line: the CLI prints errors as one line
+                row = ([], [], "", f"{index}\t{type(e).__name__}: {message}")
             for key, value in zip(out, row, strict=True):
                 out[key].append(value)
         return out

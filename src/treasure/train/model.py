@@ -27,6 +27,12 @@ def _where(name: str) -> str:
     return "a local folder" if Path(os.path.expanduser(name)).is_dir() else "the Hugging Face Hub"
 
 
+def _brief(e: Exception, limit: int = 300) -> str:
+    """An exception's message on one line (the CLI prints errors as one line)."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code: bool = False):
     """The tokenizer of `name`; a ConfigError naming `model_name_or_path` when it cannot be loaded."""
     if is_tiny(name):
@@ -39,7 +45,7 @@ def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code:
         return AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise ConfigError(
-            f"model_name_or_path: cannot load a tokenizer for {name!r} from {_where(name)} ({e})"
+            f"model_name_or_path: cannot load a tokenizer for {name!r} from {_where(name)} ({_brief(e)})"
         ) from None
 
 
@@ -74,7 +80,9 @@ def load_model_and_tokenizer(
     try:
         model = create_model_from_path(name, **kwargs)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"model_name_or_path: cannot load {name!r} from {_where(name)} ({e})") from None
+        raise ConfigError(
+            f"model_name_or_path: cannot load {name!r} from {_where(name)} ({_brief(e)})"
+        ) from None
     return model, tokenizer
 
 
