@@ -97,7 +97,9 @@ def bench(model_dir: Path, n_response: int, repeats: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="a bundle (default: untrained tiny bundles, paper and compact)")
+    ap.add_argument(
+        "--model", default=None, help="a bundle (default: untrained tiny bundles, paper and compact)"
+    )
     ap.add_argument("--response-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()

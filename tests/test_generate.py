@@ -116,10 +116,14 @@ def test_onthefly_predicts_markers_and_the_callers_win(bundle_dir, gen):
 
 
 @settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 2**31 - 1), fixed=st.sampled_from([None, {"domain": "Code"}, {"length_tokens": 120}]))
+@given(
+    seed=st.integers(0, 2**31 - 1), fixed=st.sampled_from([None, {"domain": "Code"}, {"length_tokens": 120}])
+)
 def test_constrained_sampling_never_returns_an_invalid_value(gen, seed, fixed):
     g = _short_block(gen)
-    outs = g.generate_batch([USER] * 6, [fixed] * 6, mode="fixed", max_new_tokens=26, temperature=1.5, seed=seed)
+    outs = g.generate_batch(
+        [USER] * 6, [fixed] * 6, mode="fixed", max_new_tokens=26, temperature=1.5, seed=seed
+    )
     for out in outs:
         _valid(g, out)
         assert parse_block(out.raw, g.taxonomy, "paper").markers == out.markers
@@ -190,7 +194,9 @@ def test_the_bundle_template_renders_what_the_generator_plans(request):
         tok = AutoTokenizer.from_pretrained(str(path))
         convo = [{"role": "system", "content": "Be brief."}, *USER]
         for markers in (None, {"domain": "Code", "quality": 3.14159, "length_tokens": 12}):
-            rendered = tok.apply_chat_template(convo, markers=markers, add_generation_prompt=True, tokenize=False)
+            rendered = tok.apply_chat_template(
+                convo, markers=markers, add_generation_prompt=True, tokenize=False
+            )
             assert rendered == g.plan(convo, markers, "fixed" if markers else "inferred")[0]
 
 
@@ -226,13 +232,25 @@ def test_cli_generate_a_file(bundle_dir, tmp_path, capsys):
     ]
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     dst = tmp_path / "out" / "gen.jsonl"
-    argv = ["generate", "--model", str(bundle_dir), "--input", str(src), "--output", str(dst), "--max-tokens", "72"]
+    argv = [
+        "generate",
+        "--model",
+        str(bundle_dir),
+        "--input",
+        str(src),
+        "--output",
+        str(dst),
+        "--max-tokens",
+        "72",
+    ]
     assert main([*argv, "--marker", "length_bucket=concise"]) == 0
     assert "3 prompts (fixed)" in capsys.readouterr().out
     got = [json.loads(line) for line in dst.read_text().splitlines()]
     assert [g["line"] for g in got] == [1, 2, 3] and got[0]["id"] == "a"
     assert got[1]["fixed"] == {"length_bucket": "concise", "task": "Reasoning"}
-    assert got[2]["fixed"] == {"length_bucket": "concise", "domain": "Code"} and got[2]["reference"] == "elppa"
+    assert (
+        got[2]["fixed"] == {"length_bucket": "concise", "domain": "Code"} and got[2]["reference"] == "elppa"
+    )
     assert got[2]["messages"] == USER
     for g in got:
         assert set(g) >= {"response", "markers", "fixed", "inferred", "flags"}

@@ -26,7 +26,9 @@ from treasure.train.bundle import load_bundle
 
 KEY = "sekret-key"
 NAME = "tiny"
-LIMITS = Limits(max_body_bytes=20_000, max_messages=8, max_content_chars=4_000, max_tokens=80, default_max_tokens=16)
+LIMITS = Limits(
+    max_body_bytes=20_000, max_messages=8, max_content_chars=4_000, max_tokens=80, default_max_tokens=16
+)
 
 
 class Server:
@@ -38,7 +40,9 @@ class Server:
         self.port = self._sock.getsockname()[1]
         config = uvicorn.Config(app, log_level="error", access_log=False, timeout_keep_alive=30)
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
 
     @property
     def base_url(self) -> str:
@@ -149,7 +153,12 @@ def test_user_typed_marker_syntax_is_content(client):
         ({"max_tokens": 0}, 400, "max_tokens", None),
         ({"temperature": 7}, 400, "temperature", None),
         ({"messages": USER * 9}, 400, "messages", "too_many_messages"),
-        ({"messages": [{"role": "user", "content": "x" * 4_001}]}, 400, "messages", "context_length_exceeded"),
+        (
+            {"messages": [{"role": "user", "content": "x" * 4_001}]},
+            400,
+            "messages",
+            "context_length_exceeded",
+        ),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0].role", None),
         ({"messages": [{"role": "user", "content": "x" * 30_000}]}, 413, None, "request_too_large"),
         ({"extra_body": {"padding": "y" * 30_000}}, 413, None, "request_too_large"),

@@ -114,7 +114,11 @@ def _content(msg: Any, i: int) -> dict[str, str]:
     if isinstance(content, list):  # content parts: text only
         parts = []
         for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            if (
+                not isinstance(part, dict)
+                or part.get("type") != "text"
+                or not isinstance(part.get("text"), str)
+            ):
                 raise APIError(400, f"messages[{i}].content: only text parts are supported",
                                param=f"messages[{i}].content")  # fmt: skip
             parts.append(part["text"])
@@ -251,7 +255,9 @@ def create_app(
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
-            raise APIError(401, "Incorrect API key provided", type="invalid_request_error", code="invalid_api_key")
+            raise APIError(
+                401, "Incorrect API key provided", type="invalid_request_error", code="invalid_api_key"
+            )
 
     async def _read_body(request: Request) -> Any:
         length = request.headers.get("content-length")
@@ -299,7 +305,12 @@ def create_app(
         return generator.generate(req.messages, req.markers, **_gen_kwargs(req))
 
     def _events(req: ChatRequest, cid: str) -> Iterator[str]:
-        head = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model_name}
+        head = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model_name,
+        }
 
         def chunk(delta: dict, finish: str | None = None, **extra: Any) -> str:
             return _sse({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})

@@ -1,8 +1,8 @@
 """`treasure generate` (one prompt, or a file of them) and `treasure serve` (an OpenAI-compatible server).
 
-    treasure generate --model runs/tiny --marker length_bucket=concise "Reverse 'apple'."
-    treasure generate --model runs/tiny --input prompts.jsonl --output out.jsonl
-    treasure serve --model runs/tiny --port 8000 --api-key KEY
+treasure generate --model runs/tiny --marker length_bucket=concise "Reverse 'apple'."
+treasure generate --model runs/tiny --input prompts.jsonl --output out.jsonl
+treasure serve --model runs/tiny --port 8000 --api-key KEY
 """
 
 from __future__ import annotations
@@ -31,8 +31,12 @@ def register(sub) -> None:
                    help="a marker to fix (repeatable)")  # fmt: skip
     g.add_argument("--mode", choices=MODES, default=None,
                    help="default: fixed when markers are given (or the input has them), else inferred")  # fmt: skip
-    g.add_argument("--show-markers", action="store_true", help="print the block's markers before the response")
-    g.add_argument("--max-tokens", type=int, default=256, metavar="N", help="new tokens at most (default 256)")
+    g.add_argument(
+        "--show-markers", action="store_true", help="print the block's markers before the response"
+    )
+    g.add_argument(
+        "--max-tokens", type=int, default=256, metavar="N", help="new tokens at most (default 256)"
+    )
     g.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 (default) decodes greedily")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=None)
@@ -46,12 +50,18 @@ def register(sub) -> None:
 
     s = sub.add_parser("serve", help="serve a bundle over an OpenAI-compatible HTTP API (chat completions)")
     s.add_argument("--model", required=True, metavar="DIR", help="a bundle saved by `treasure train`")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--api-key", default=os.environ.get("TREASURE_API_KEY"),
                    help="require `Authorization: Bearer KEY` (default: $TREASURE_API_KEY, else none)")  # fmt: skip
-    s.add_argument("--model-name", default=None, help="the model id clients ask for (default: the folder name)")
-    s.add_argument("--max-tokens-limit", type=int, default=1024, help="the largest max_tokens a request may ask")
+    s.add_argument(
+        "--model-name", default=None, help="the model id clients ask for (default: the folder name)"
+    )
+    s.add_argument(
+        "--max-tokens-limit", type=int, default=1024, help="the largest max_tokens a request may ask"
+    )
     s.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     s.set_defaults(func=run_serve)
 
@@ -99,7 +109,9 @@ def read_prompts(path: str, cli_markers: dict[str, Any], generator: Any) -> list
         messages, reference = _prompt_messages(raw, path, line)
         markers = raw.get("markers") or {}
         if not isinstance(markers, dict):
-            raise RecordError("expected a mapping of category to value", source=path, line=line, field="markers")
+            raise RecordError(
+                "expected a mapping of category to value", source=path, line=line, field="markers"
+            )
         try:
             markers = generator.validate_markers({**markers, **cli_markers})
         except TaxonomyError as e:
@@ -180,7 +192,10 @@ def _run_batch(args: argparse.Namespace, generator: Any, cli_markers: dict, kw: 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     size = max(1, args.batch_size)
     open_blocks = 0
-    with out_path.open("w", encoding="utf-8") as fh, tqdm(total=len(items), desc="generate", unit="prompt") as bar:
+    with (
+        out_path.open("w", encoding="utf-8") as fh,
+        tqdm(total=len(items), desc="generate", unit="prompt") as bar,
+    ):
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
             gens = generator.generate_batch([i["messages"] for i in chunk], [i["markers"] for i in chunk],

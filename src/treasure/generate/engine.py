@@ -123,7 +123,9 @@ class Generator:
                 if not cats:
                     continue
                 try:
-                    self._onthefly += build_annotators(self.bundle.taxonomy, AnnotateOptions(categories=cats))[0]
+                    self._onthefly += build_annotators(
+                        self.bundle.taxonomy, AnnotateOptions(categories=cats)
+                    )[0]
                 except ModuleNotFoundError as e:  # an annotator this install lacks: predict the others
                     log.warning("on-the-fly markers: no %s annotator (%s); %s not predicted", kind, e,
                                 ", ".join(cats))  # fmt: skip
