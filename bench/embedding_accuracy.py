@@ -12,7 +12,7 @@ Throughput: 10,000 records built by cycling the OpenAssistant and Arena-Hard pro
 questions to pasted code), annotated in chunks of 512 as the pipeline does. A chunk of 512 consecutive records
 holds no repeated prompt, so the de-duplication of identical prompts does not flatter the number.
 
-    .venv/bin/python bench/embedding_accuracy.py [--compare] [--threads 2] [--max-length 128] [--no-quantize]
+    .venv/bin/python bench/embedding_accuracy.py [--compare] [--threads 2] [--max-length 128] [--dtype auto]
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=emb.DEFAULT_BATCH_SIZE)
     ap.add_argument("--max-length", type=int, default=emb.DEFAULT_MAX_LENGTH)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--no-quantize", action="store_true", help="float32 instead of int8 linear layers")
+    ap.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
     ap.add_argument("--compare", action="store_true", help="also compare classification methods")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--show-errors", action="store_true", help="list the MT-Bench questions scored wrong")
@@ -206,7 +206,7 @@ def main() -> None:
     t0 = time.perf_counter()
     ann = emb.EmbeddingAnnotator(
         paper_taxonomy(), batch_size=args.batch_size, max_length=args.max_length,
-        quantize=not args.no_quantize, num_threads=args.threads, cache_dir="none",
+        dtype=args.dtype, num_threads=args.threads, cache_dir="none",
     )  # fmt: skip
     load_s = time.perf_counter() - t0
     print("# Embedding annotator benchmark\n")
@@ -214,7 +214,7 @@ def main() -> None:
     print(f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__} with {torch.get_num_threads()} threads")  # fmt: skip
     print(f"- settings: max_length={args.max_length}, batch_size={args.batch_size}, "
-          f"int8={'no' if args.no_quantize else 'yes'}, seeds={len(ann.seeds)}")  # fmt: skip
+          f"dtype={ann.encoder.dtype}, seeds={len(ann.seeds)}")  # fmt: skip
     print(f"- load (model + seed vectors, no disk cache): {load_s:.1f} s")
 
     questions = load_mt_bench(args.data)

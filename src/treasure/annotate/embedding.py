@@ -27,12 +27,12 @@ are averaged (HEAD_WEIGHT).
 Low confidence: a category with an `Unspecified` value (the paper's `domain`) answers Unspecified when the best
 score is below `min_score`, with a note saying why. Other categories (`task`) always get their best value.
 
-Speed. On CPU the model's linear layers run in int8 (PyTorch dynamic quantisation, about 3x faster than float32 on
-a 2-core machine at the same accuracy). int8 activations are scaled per batch, so a prompt's scores can move in the
-third decimal with its batch mates; the pipeline's chunks are fixed, so a run is still reproducible.
-`quantize=False` gives float32. Prompts are sorted by length before batching (little padding) and identical
-prompts in one call are encoded once. Seed vectors are computed once per process and cached on disk, keyed by the
-model, the settings and the seed texts.
+Speed. On a CPU with native bfloat16 (AVX512-BF16 or AMX) the model runs in bfloat16 (`dtype="auto"`): about
+1.9x the float32 speed, with embeddings within cosine 0.9999 of float32. PyTorch's dynamic int8 quantisation was
+measured too and rejected: 2.4x faster but the embeddings drift (cosine 0.94 on average, 0.81 at worst, and they
+depend on the other prompts of the batch), which flipped predictions. Prompts are sorted by length before batching
+(little padding) and identical prompts in one call are encoded once. Seed vectors are computed once per process
+and cached on disk, keyed by the model, the settings and the seed texts.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ import json
 import os
 import platform
 import threading
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -127,10 +126,32 @@ def _offline() -> Iterator[None]:
             os.environ["HF_HUB_OFFLINE"] = old
 
 
-def load_model(quantize: bool = True, device: str = "cpu") -> tuple[Any, Any]:
+def _native_bf16() -> bool:
+    """Whether this CPU does bfloat16 arithmetic in hardware (AVX512-BF16 or AMX). Elsewhere bf16 is emulated and
+    can be slower than float32, so "auto" keeps float32 there."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_dtype(dtype: str, device: str = "cpu") -> str:
+    """ "auto" -> "bfloat16" on a CPU with native bf16, else "float32"; other values are checked and kept."""
+    if dtype not in ("auto", "float32", "bfloat16"):
+        raise TreasureError(f"dtype must be auto, float32 or bfloat16, got {dtype!r}")
+    if dtype == "auto":
+        return "bfloat16" if device == "cpu" and _native_bf16() else "float32"
+    return dtype
+
+
+def load_model(dtype: str = "auto", device: str = "cpu") -> tuple[Any, Any]:
     """(tokenizer, model), loaded once per process and shared by every annotator instance."""
-    quantize = quantize and device == "cpu"  # dynamic int8 quantisation is a CPU feature
-    key = (quantize, device)
+    key = (resolve_dtype(dtype, device), device)
     with _LOCK:
         if key in _MODELS:
             return _MODELS[key]
@@ -150,16 +171,7 @@ def load_model(quantize: bool = True, device: str = "cpu") -> tuple[Any, Any]:
         finally:
             if bar:
                 hf_logging.enable_progress_bar()
-        model.eval().to(device)
-        if quantize:
-            quantize_dynamic = getattr(getattr(torch, "ao", None), "quantization", None)
-            quantize_dynamic = getattr(quantize_dynamic, "quantize_dynamic", None)
-            if (
-                quantize_dynamic is not None
-            ):  # absent from a future torch: float32 is still correct, only slower
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # its deprecation notice is not the user's business
-                    model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        model.eval().to(device=device, dtype=getattr(torch, key[0]))
         _MODELS[key] = (tokenizer, model)
         return _MODELS[key]
 
@@ -184,7 +196,7 @@ class Encoder:
         *,
         max_length: int = DEFAULT_MAX_LENGTH,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        quantize: bool = True,
+        dtype: str = "auto",
         device: str = "cpu",
         head_tokens: int = HEAD_TOKENS,
     ):
@@ -193,9 +205,8 @@ class Encoder:
         if batch_size < 1:
             raise TreasureError(f"batch_size must be at least 1, got {batch_size}")
         self.max_length, self.batch_size, self.head_tokens = max_length, batch_size, head_tokens
-        self.quantize = quantize and device == "cpu"
-        self.device = device
-        self.tokenizer, self.model = load_model(quantize, device)
+        self.dtype, self.device = resolve_dtype(dtype, device), device
+        self.tokenizer, self.model = load_model(self.dtype, device)
 
     def settings(self) -> dict[str, Any]:
         """Everything that changes the vectors: part of the seed cache key."""
@@ -203,7 +214,7 @@ class Encoder:
 
         return {
             "model": _model_fingerprint(), "max_length": self.max_length, "head_tokens": self.head_tokens,
-            "quantize": self.quantize, "torch": torch.__version__, "machine": platform.machine(),
+            "dtype": self.dtype, "torch": torch.__version__, "machine": platform.machine(),
             "batch_size": self.batch_size,
         }  # fmt: skip
 
@@ -409,7 +420,7 @@ class EmbeddingAnnotator:
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_length: int = DEFAULT_MAX_LENGTH,
         min_score: float = DEFAULT_MIN_SCORE,
-        quantize: bool = True,
+        dtype: str = "auto",
         device: str = "cpu",
         num_threads: int | None = None,
         cache_dir: str | Path | None = None,
@@ -436,7 +447,7 @@ class EmbeddingAnnotator:
         all_seeds = [s for s in base if (s.category, s.text.strip()) not in overridden] + extra
         self.seeds = [s for s in all_seeds if s.category in self.categories]
         self._check_coverage()
-        self.encoder = Encoder(max_length=max_length, batch_size=batch_size, quantize=quantize, device=device)
+        self.encoder = Encoder(max_length=max_length, batch_size=batch_size, dtype=dtype, device=device)
         self._cache_dir = _cache_dir(cache_dir)
         self._models = self._build()
 

@@ -702,11 +702,13 @@ class MarkerConstraint:
         self.fixed = dict(fixed or {})
         self._machine.due(self.fixed)  # fail now, not at the first generate call
 
-    def logits_processor(self, fixed: Fixed | Sequence[Fixed] | EllipsisType = ...) -> MarkerLogitsProcessor:
+    def logits_processor(
+        self, fixed: Fixed | Sequence[Fixed] | EllipsisType = ..., max_block_tokens: int | None | EllipsisType = ...
+    ) -> MarkerLogitsProcessor:
         """A fresh processor for one `generate` call.
 
         `fixed`: omitted, the constraint's own; a mapping (or None) for every row; or a list with one mapping (or
-        None) per prompt of the batch.
+        None) per prompt of the batch. `max_block_tokens`: omitted, the constraint's own budget.
         """
         if fixed is ... or fixed is None or isinstance(fixed, Mapping):
             per_row: list[Fixed | EllipsisType] = [fixed]
@@ -715,7 +717,8 @@ class MarkerConstraint:
             if not per_row:
                 raise ValueError("an empty list of fixed markers: give one mapping (or None) per prompt")
         starts = [self._machine.start(self._due(f)) for f in per_row]
-        return MarkerLogitsProcessor(self._machine, starts, self.max_block_tokens)
+        budget = self.max_block_tokens if max_block_tokens is ... else max_block_tokens
+        return MarkerLogitsProcessor(self._machine, starts, budget)
 
     def block_length(self, ids: Iterable[int], fixed: Fixed | EllipsisType = ...) -> int | None:
         """How many of `ids` (a completion's ids) a complete, valid block takes, separator included; else None.

@@ -154,6 +154,15 @@ class Generator:
 
     # ------------------------------------------------------------------------------------------- generation
 
+    def _processor(self, fixed: list[dict], max_new_tokens: int):
+        """A fresh block constraint for one generate call. Its budget never exceeds `max_new_tokens`, so a short
+        generation still closes its block (the response is then cut, not the block)."""
+        if self.constraint is None:
+            return None
+        budget = self.constraint.max_block_tokens
+        budget = max_new_tokens if budget is None else min(budget, max_new_tokens)
+        return self.constraint.logits_processor(fixed, max_block_tokens=budget)
+
     def _generate_kwargs(
         self, max_new_tokens: int, temperature: float, top_p: float, min_new_tokens: int = 0
     ) -> dict[str, Any]:
@@ -246,7 +255,7 @@ class Generator:
                     [p for p, _ in chunk], return_tensors="pt", padding=True, add_special_tokens=False
                 )
             enc = {k: v.to(self.model.device) for k, v in enc.items()}
-            processor = self.constraint.logits_processor([f for _, f in chunk]) if self.constraint else None
+            processor = self._processor([f for _, f in chunk], max_new_tokens)
             kw = self._generate_kwargs(max_new_tokens, temperature, top_p, min_new_tokens)
             with self._lock, torch.inference_mode():
                 if seed is not None:
@@ -296,7 +305,7 @@ class Generator:
             enc = self.tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
         enc = {k: v.to(self.model.device) for k, v in enc.items()}
         width = enc["input_ids"].shape[1]
-        processor = self.constraint.logits_processor([fixed]) if self.constraint else None
+        processor = self._processor([fixed], max_new_tokens)
         gen_kw = self._generate_kwargs(max_new_tokens, temperature, top_p, min_new_tokens)
         ids_q: queue.Queue = queue.Queue()
 

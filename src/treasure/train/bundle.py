@@ -158,8 +158,13 @@ def load_bundle(
     `load_model=False` loads only the tokenizer and metadata. A LoRA bundle's adapter is applied to its base model
     (`info["base_model"]`) and, with `merge_adapter`, merged into a plain model.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import sys
 
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    if not sys.stderr.isatty():  # the weight-loading bar is noise in logs and breaks one-line errors
+        hf_logging.disable_progress_bar()
     path = Path(path)
     info = read_info(path)
     taxonomy = load_taxonomy(path / TAXONOMY_FILE)
