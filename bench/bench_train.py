@@ -1,25 +1,29 @@
 """Training throughput of marker training against plain TRL `SFTTrainer`, same records, model and steps, one run.
 
     .venv/bin/python bench/bench_train.py                      # tiny-llama on CPU, writes bench/RESULTS_train.md
-    .venv/bin/python bench/bench_train.py --model Qwen/Qwen2.5-0.5B-Instruct --batch 8 --steps 20   # on a GPU
+    .venv/bin/python bench/bench_train.py --model Qwen/Qwen2.5-0.5B-Instruct --batch 8 --steps 40   # on a GPU
 
 Arms, each training the same model from the same weights on the same examples in the same order for the same steps:
-- ``trl``: plain TRL, the conversational prompt/completion records handed to `SFTTrainer` as they are (the baseline);
+- ``trl``: plain TRL, the conversational prompt/completion records handed to `SFTTrainer` as they are (the reference);
 - ``baseline``: treasure's `markers.mode: baseline` (our rendering and tokenisation, no markers);
 - ``compact`` and ``paper``: the paper's marker recipe (all 13 categories unless `--categories`, 50/50 dropout) in
   each format (`--arms` picks them).
-The figure is the ratio of response tokens trained per second against ``trl``: marker blocks cost time but are not
-response tokens, so the ratio prices the markers. Response tokens per step are the same in every arm (same examples,
-no truncation), so the ratio is ``trl``'s time over the arm's time for the same steps, summed over the timed steps of
-all rounds. Arms are interleaved over rounds so a busy machine slows all arms alike; on a CPU the process's own CPU
-time is the main measure (steadier than wall time on a machine shared with other jobs), wall time is reported too,
-and so is the token ratio (what the ratio would be if a step's cost were proportional to its tokens). Tokenisation
-is not timed (it is reported): it happens once, before training.
+
+The figure is response tokens trained per second relative to ``trl``. Marker blocks cost time but are not response
+tokens, so the ratio prices the markers. Every arm trains the same response tokens at each step (same examples, no
+truncation), so the ratio is ``trl``'s time over the arm's time, summed over the timed steps.
+
+How it is timed: the arms' `SFTTrainer`s are built up front, then stepped in lockstep (step 1 of every arm, step 2 of
+every arm, ...; the order rotates each step), each step being the trainer's own `training_step` (TRL's loss, forward
+and backward) plus the optimizer and scheduler steps. Neighbouring steps of different arms run seconds apart, so a
+machine shared with other jobs slows all arms alike. On a CPU, torch runs one thread and a step is timed by that
+thread's CPU time; on a GPU by wall time with synchronisation. The token ratio says what the ratio would be if a
+step cost in proportion to its tokens. Tokenisation is not timed (it is reported): it happens once, before training.
 
 Records: OpenAssistant conversations (../shared/data/conversations, 100 English trees; `--data single`: the prompt
-and its first reply, `--data thread`: the chain of first replies, multi-turn),
-those that fit `--max-length` without truncation in every arm. Markers: the length markers computed from the text,
-the others drawn at random from the taxonomy's values (only their token cost matters here).
+and its first reply, `--data thread`: the chain of first replies, multi-turn), those that fit `--max-length`
+without truncation in every arm. Markers: the length markers computed from the text, the others drawn at random
+from the taxonomy's values (only their token cost matters here).
 """
 
 from __future__ import annotations
@@ -144,103 +148,81 @@ def build(arm: str, tmp: Path, opts: argparse.Namespace):
     return trainer, seconds, trained, lengths
 
 
-class StepTimer:
-    """Wall time and this process's CPU time between consecutive optimizer steps (data loading included).
+def lockstep(trainers: dict[str, object], opts: argparse.Namespace) -> dict[str, list[float]]:
+    """Seconds per step of every arm, stepping the arms in turn (see the module docstring)."""
+    import torch
 
-    On a CPU shared with other jobs, CPU time is the steadier measure of the work a step costs."""
-
-    def __init__(self):
-        self.stamps: list[tuple[float, float]] = []
-
-    def callback(self):
-        from transformers import TrainerCallback
-
-        timer = self
-
-        class _CB(TrainerCallback):
-            def on_step_end(self, args, state, control, **kw):
-                timer.stamps.append((time.perf_counter(), time.process_time()))
-
-        return _CB()
-
-
-def measure(arm: str, tmp: Path, opts: argparse.Namespace) -> dict:
-    trainer, prep_s, trained, lengths = build(arm, tmp, opts)
-    timer = StepTimer()
-    trainer.add_callback(timer.callback())
-    trainer.train()
-    pairs = list(zip(timer.stamps, timer.stamps[1:], strict=False))[opts.warmup - 1 :]
-    n = opts.steps * opts.batch
-    return {
-        "wall": [b[0] - a[0] for a, b in pairs],
-        "cpu": [b[1] - a[1] for a, b in pairs],
-        "prep_s": prep_s,
-        "trained": trained[:n],
-        "lengths": lengths[:n],
-    }
+    cuda = torch.cuda.is_available()
+    clock = time.perf_counter if cuda else time.thread_time
+    loaders, times = {}, {arm: [] for arm in trainers}
+    for arm, trainer in trainers.items():
+        trainer.create_optimizer_and_scheduler(num_training_steps=opts.steps)
+        loaders[arm] = iter(trainer.get_train_dataloader())
+    arms = list(trainers)
+    for step in range(opts.steps):
+        for arm in arms[step % len(arms) :] + arms[: step % len(arms)]:
+            trainer = trainers[arm]
+            batch = trainer._prepare_inputs(next(loaders[arm]))
+            items = (batch["labels"][..., 1:] != -100).sum()
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = clock()
+            trainer.training_step(trainer.model, batch, items)
+            trainer.optimizer.step()
+            trainer.lr_scheduler.step()
+            trainer.optimizer.zero_grad()
+            if cuda:
+                torch.cuda.synchronize()
+            if step >= opts.warmup:
+                times[arm].append(clock() - t0)
+        print(f"step {step + 1}/{opts.steps}", flush=True)
+    return times
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tiny-llama")
-    p.add_argument("--steps", type=int, default=8, help="optimizer steps per arm and round")
-    p.add_argument("--warmup", type=int, default=2, help="steps left out of the timing")
+    p.add_argument("--steps", type=int, default=24, help="optimizer steps per arm")
+    p.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing")
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of all arms")
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument(
         "--data", choices=["single", "thread"], default="single", help="first replies or whole threads"
     )
     p.add_argument("--categories", default="", help="marker categories (comma list; default: all 13)")
+    p.add_argument("--arms", default="compact,paper", help="marker arms to run besides trl and baseline")
     p.add_argument("--out", default=str(REPO / "bench" / "RESULTS_train.md"))
     p.add_argument("--append", action="store_true", help="add to --out instead of replacing it")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--arms", default="compact,paper", help="marker arms to run besides trl and baseline")
     opts = p.parse_args()
     import torch
 
-    opts.cpu = not torch.cuda.is_available()
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    recs = oasst_records(opts.data)
     from treasure.records import write_records
+    from treasure.train.config import load_config
+    from treasure.train.trainer import prepare
 
+    opts.cpu = not torch.cuda.is_available()
+    if opts.cpu:
+        torch.set_num_threads(1)  # all of a step's work in this thread, so its CPU time is the step's cost
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     arms = tuple(a for a in ARMS if a in {"trl", "baseline", *opts.arms.split(",")})
-    results: dict[str, list[dict]] = {a: [] for a in arms}
+    recs = oasst_records(opts.data)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        # keep the records that fit max_length in every arm (so no arm trains a truncated response)
+        # keep the records that fit max_length in every arm, so no arm trains a truncated response
         write_records(tmp / "train.jsonl", recs)
-        from treasure.train.config import load_config
-        from treasure.train.trainer import prepare
-
-        opts_all = argparse.Namespace(**{**vars(opts), "steps": 1})
         keep = set(range(len(recs)))
         for arm in ("baseline", "paper", "compact"):
-            prep = prepare(
-                load_config(write_config(tmp, arm, opts_all)), load_model=False, build_datasets=False
-            )
+            prep = prepare(load_config(write_config(tmp, arm, opts)), load_model=False, build_datasets=False)
             for i, r in enumerate(recs):
-                if (
-                    i in keep
-                    and len(prep.spec.example(prep.tokenizer, r, epoch=0, index=i)["input_ids"])
-                    > opts.max_length
-                ):
+                ex = prep.spec.example(prep.tokenizer, r, epoch=0, index=i)
+                if len(ex["input_ids"]) > opts.max_length:
                     keep.discard(i)
         recs = [r for i, r in enumerate(recs) if i in keep]
         write_records(tmp / "train.jsonl", recs)
         print(f"{len(recs)} records fit max_length {opts.max_length}", flush=True)
-        for r in range(opts.rounds):
-            for arm in arms if r % 2 == 0 else arms[::-1]:
-                res = measure(arm, tmp, opts)
-                results[arm].append(res)
-                print(
-                    f"round {r + 1} {arm:>8}: median step {statistics.median(res['wall']):.3f}s wall, "
-                    f"{statistics.median(res['cpu']):.3f}s cpu",
-                    flush=True,
-                )
-    report = summarize(results, recs, opts)
+        built = {arm: build(arm, tmp, opts) for arm in arms}
+        times = lockstep({arm: b[0] for arm, b in built.items()}, opts)
+    report = summarize(built, times, recs, opts)
     print(report)
     out = Path(opts.out)
     previous = out.read_text(encoding="utf-8") if out.exists() and opts.append else ""
@@ -248,55 +230,49 @@ def main() -> int:
     return 0
 
 
-def summarize(results: dict[str, list[dict]], recs: list[dict], opts: argparse.Namespace) -> str:
-    response = results["baseline"][0]["trained"]  # response + end of turn: the same text in every arm
-    per_step = sum(response) / opts.steps
-    timed = opts.steps - opts.warmup
-
-    def total(arm: str, key: str, rnd: int | None = None) -> float:
-        """Seconds over the timed steps (of one round, or of all)."""
-        runs = results[arm] if rnd is None else [results[arm][rnd]]
-        return sum(sum(res[key]) for res in runs)
-
-    def ratio(arm: str, key: str) -> tuple[float, float, float]:
-        """Response tokens per second relative to trl: over all rounds, and the lowest and highest round."""
-        rounds = [total("trl", key, r) / total(arm, key, r) for r in range(opts.rounds)]
-        return total("trl", key) / total(arm, key), min(rounds), max(rounds)
-
-    tokens = {a: statistics.mean(results[a][0]["lengths"]) for a in results}
-    rows = []
-    for arm in results:
-        first = results[arm][0]
-        cpu_s = total(arm, "cpu") / (timed * opts.rounds)
-        wall_s = total(arm, "wall") / (timed * opts.rounds)
-        r_cpu, lo, hi = ratio(arm, "cpu")
-        r_wall = ratio(arm, "wall")[0]
-        rows.append(
-            f"| {arm} | {tokens[arm]:.0f} | {statistics.mean(first['trained']):.0f} | {tokens['trl'] / tokens[arm]:.3f} | "
-            f"{cpu_s:.3f} | {per_step / cpu_s:.0f} | **{r_cpu:.3f}** ({lo:.2f}-{hi:.2f}) | {wall_s:.3f} | "
-            f"{r_wall:.3f} | {first['prep_s']:.1f} |"
-        )
+def summarize(built: dict, times: dict[str, list[float]], recs: list[dict], opts: argparse.Namespace) -> str:
     import torch
     import transformers
     import trl
 
+    n = opts.steps * opts.batch
+    timed = slice(opts.warmup * opts.batch, n)
+    lengths = {a: b[3][:n] for a, b in built.items()}
+    trained = {a: b[2][:n] for a, b in built.items()}
+    response = sum(trained["baseline"][timed])  # response + end of turn: the same text in every arm
+    rows = []
+    for arm in built:
+        total = sum(times[arm])
+        paired = sorted(t / a for t, a in zip(times["trl"], times[arm], strict=True))
+        q1, q3 = paired[len(paired) // 4], paired[(3 * len(paired)) // 4]
+        rows.append(
+            f"| {arm} | {statistics.mean(lengths[arm]):.0f} | {statistics.mean(trained[arm]):.0f} | "
+            f"{statistics.mean(lengths['trl']) / statistics.mean(lengths[arm]):.3f} | {total / len(times[arm]):.3f} | "
+            f"{response / total:.0f} | **{sum(times['trl']) / total:.3f}** | {statistics.median(paired):.3f} "
+            f"({q1:.2f}-{q3:.2f}) | {built[arm][1]:.1f} |"
+        )
     cmd = "python bench/bench_train.py " + " ".join(sys.argv[1:])
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    device = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"CPU ({os.cpu_count()} cores, 1 thread)"
+    )
+    clock = "wall time" if torch.cuda.is_available() else "thread CPU time"
     cats = opts.categories.replace(",", ", ") if opts.categories else "all 13 paper categories"
-    data = "prompt + first reply" if opts.data == "single" else "whole threads of first replies (multi-turn)"
+    data = "prompt + first reply" if opts.data == "single" else "whole threads of first replies, multi-turn"
     return "\n".join(
         [
-            f"## `{cmd.strip()}`",
+            f"### `{cmd.strip()}`",
             "",
             f"Model {opts.model}; {device}; torch {torch.__version__}, transformers {transformers.__version__}, "
-            f"trl {trl.__version__}, Python {platform.python_version()}, {torch.get_num_threads()} torch threads. "
-            f"Data: {len(recs)} OpenAssistant conversations ({data}); markers: {cats}, 50/50 dropout. Batch "
-            f"{opts.batch}, {opts.steps} steps per arm and round ({opts.warmup} untimed), {opts.rounds} interleaved "
-            f"rounds; {per_step:.0f} response tokens per step in every arm.",
+            f"trl {trl.__version__}, Python {platform.python_version()}. Data: {len(recs)} OpenAssistant "
+            f"conversations ({data}); markers: {cats}, 50/50 dropout. Batch {opts.batch}, {opts.steps} lockstep "
+            f"steps per arm, the first {opts.warmup} untimed, timed by {clock}; {response} response tokens "
+            f"trained per arm in the timed steps.",
             "",
-            "| arm | tokens / example | trained / example | token ratio | cpu s / step | response tok / cpu s | "
-            "**ratio (cpu)** (rounds) | wall s / step | ratio (wall) | tokenising s |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| arm | tokens / example | trained tokens / example | token ratio | s / step | response tokens / s | "
+            "**ratio vs trl** | per-step ratio, median (IQR) | tokenising s |",
+            "|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
         ]

@@ -158,9 +158,21 @@ def test_programmatic_config_validates_markers():
     from treasure.train.config import TreasureSFTConfig
 
     with pytest.raises(ConfigError, match="markers.placement"):
-        TreasureSFTConfig(output_dir="x", use_cpu=True, bf16=False, markers={"placement": "middle"})
+        TreasureSFTConfig(
+            output_dir="x",
+            use_cpu=True,
+            bf16=False,
+            activation_checkpointing=False,
+            markers={"placement": "middle"},
+        )
     with pytest.raises(ConfigError, match="completion_only_loss"):
-        TreasureSFTConfig(output_dir="x", use_cpu=True, bf16=False, completion_only_loss=False)
+        TreasureSFTConfig(
+            output_dir="x",
+            use_cpu=True,
+            bf16=False,
+            activation_checkpointing=False,
+            completion_only_loss=False,
+        )
     args = TreasureSFTConfig(
         output_dir="x", use_cpu=True, bf16=False, markers=json.dumps({"format": "compact"})
     )

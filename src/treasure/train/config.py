@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from trl import ModelConfig, SFTConfig
-from trl.scripts._hf_argparser import HfArgumentParser
+from trl import ModelConfig, SFTConfig, TrlParser
 
 from treasure.errors import ConfigError
 from treasure.taxonomy import Taxonomy, load_taxonomy
@@ -67,6 +66,10 @@ class TreasureSFTConfig(SFTConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         # Structure and ranges are checked here; categories against the taxonomy in `load_config`.
+        if self.markers is not None and not isinstance(self.markers, dict):
+            raise ConfigError(
+                f"markers: expected a mapping (a YAML section or a JSON object), got {self.markers!r}"
+            )
         self.markers = MarkerConfig.from_dict(self.markers or {}).to_dict()
         # The loss is always the completion's (marker block and response): TRL's switches for other masks would
         # either be overridden or fail on the pre-tokenised data, so refuse them by name.
@@ -97,8 +100,8 @@ class RunConfig:
     source: str | None = None  # the YAML it came from
 
 
-class _Parser(HfArgumentParser):
-    """HfArgumentParser whose errors are one-line ConfigErrors instead of a usage dump and exit."""
+class _Parser(TrlParser):
+    """TRL's parser, whose errors are one-line ConfigErrors instead of a usage dump and exit."""
 
     def error(self, message: str):  # argparse's hook
         raise ConfigError(message)
@@ -190,10 +193,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), *, check_files:
         if not isinstance(markers, dict):
             raise ConfigError(f"{path}:{lines.get('markers', '?')}: markers: expected a mapping")
         data["markers"] = {**markers, **marker_overrides}
-    for action in parser._actions:
-        if action.dest in data:
-            action.default = data[action.dest]
-            action.required = False
+    parser.set_defaults_with_config(**data)  # as TrlParser does: the YAML's values become the defaults
     try:
         args, model_args = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     except ConfigError:
