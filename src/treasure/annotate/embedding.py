@@ -289,7 +289,9 @@ def _seed(obj: Any, taxonomy: Taxonomy, source: str, line: int, strict: bool) ->
             raise err("category", f"unknown category {cat!r} (taxonomy {taxonomy.name!r} has: {known})")
         return Seed(text, cat, str(value), source, line)  # dropped by the caller
     if taxonomy[cat].kind != "categorical":
-        raise err("category", f"{cat!r} is a {taxonomy[cat].kind} category; seeds are for categorical ones")
+        raise err(
+            "category", f"{cat!r} is {taxonomy[cat].kind}, not categorical: seeds label categorical ones"
+        )
     try:
         value = taxonomy[cat].coerce(value)
     except TaxonomyError as e:
@@ -601,39 +603,48 @@ class EmbeddingAnnotator:
         """`classify` on records: the last user turn for `task`, the first and last user turns for the rest."""
         return self.classify([prompt_text(r) for r in records], [context_text(r) for r in records])
 
-    def annotate(self, records: list[dict]) -> list[dict[str, Any]]:
+    def _answer(self, cat: str, p: Prediction | None) -> Any:
+        """The marker for one prediction: a value, or a MarkerNote when it is Unspecified or left out."""
         from treasure.annotate.pipeline import MarkerNote  # here: pipeline imports this module lazily
 
+        if p is None:
+            return MarkerNote(self._models[cat].fallback, "no user prompt to classify")
+        if p.value != p.best:
+            return MarkerNote(
+                p.value, f"low confidence: best {p.best} scored {p.score:.2f} < {self.min_score:.2f}"
+            )
+        if p.value == UNSPECIFIED:
+            return MarkerNote(p.value, f"closest to the seed examples of {UNSPECIFIED}")
+        return p.value
+
+    def annotate(self, records: list[dict]) -> list[dict[str, Any]]:
         todo = [
             i for i, r in enumerate(records) if any(c not in r.get("markers", {}) for c in self.categories)
         ]
         found: list[dict[str, Any]] = [{} for _ in records]
         for i, preds in zip(todo, self.classify_records([records[i] for i in todo]), strict=True):
-            for cat in self.categories:
-                m = self._models[cat]
-                p = preds.get(cat)
-                if p is None:
-                    found[i][cat] = MarkerNote(m.fallback, "no user prompt to classify")
-                elif p.value != p.best:
-                    found[i][cat] = MarkerNote(
-                        p.value, f"low confidence: best {p.best} scored {p.score:.2f} < {self.min_score:.2f}"
-                    )
-                elif p.value == UNSPECIFIED:
-                    found[i][cat] = MarkerNote(p.value, f"closest to the seed examples of {UNSPECIFIED}")
-                else:
-                    found[i][cat] = p.value
+            found[i] = {cat: self._answer(cat, preds.get(cat)) for cat in self.categories}
         return found
 
     def explain(self, records: list[dict]) -> list[dict[str, dict]]:
         """Per record and category: the value, its score, the runner-up and the threshold (for `--explain`)."""
-        return [
-            {
-                cat: {
-                    "model": self.name,
-                    **p._asdict(),
-                    "min_score": self.min_score if self._models[cat].fallback else None,
-                }
-                for cat, p in preds.items()
-            }  # fmt: skip
-            for preds in self.classify_records(records)
-        ]
+        out = []
+        for preds in self.classify_records(records):
+            per_cat = {}
+            for cat in self.categories:
+                answer, p = self._answer(cat, preds.get(cat)), preds.get(cat)
+                ev: dict[str, Any] = {"value": getattr(answer, "value", answer)}
+                if hasattr(answer, "reason"):
+                    ev["note"] = answer.reason
+                if p is not None:
+                    ev.update(
+                        best=p.best, score=p.score, runner_up=p.runner_up, runner_up_score=p.runner_up_score
+                    )
+                    if self._models[cat].fallback:
+                        ev["min_score"] = self.min_score
+                ev["reads"] = (
+                    "the last user turn" if cat in REQUEST_CATEGORIES else "the first and last user turns"
+                )
+                per_cat[cat] = ev
+            out.append(per_cat)
+        return out
