@@ -2,11 +2,20 @@ from treasure.annotate.length import LengthAnnotator, count_paragraphs, count_se
 
 
 def rec(text: str) -> dict:
-    return {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": text}], "markers": {}}
+    return {
+        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": text}],
+        "markers": {},
+    }
 
 
 def test_buckets_follow_the_papers_thresholds():
-    assert [length_bucket(n) for n in (0, 299, 300, 1000, 1001)] == ["concise", "concise", "medium", "medium", "long"]
+    assert [length_bucket(n) for n in (0, 299, 300, 1000, 1001)] == [
+        "concise",
+        "concise",
+        "medium",
+        "medium",
+        "long",
+    ]
 
 
 def test_sentences_and_paragraphs():

@@ -42,10 +42,22 @@ def test_markers_provenance_and_kept_input_markers(tmp_path):
     assert [r["id"] for r in recs] == [f"r{i}" for i in range(30)]  # order kept
     r0, r1 = recs[0], recs[1]
     assert r0["markers"]["length_bucket"] == "long" and r0["marker_provenance"]["length_bucket"] == "input"
-    assert r1["markers"]["length_bucket"] == "concise" and r1["marker_provenance"]["length_bucket"] == "length:gpt2"
-    assert r1["markers"]["source"] == "Synthetic" and r1["marker_provenance"]["source"] == "fields:source=meta.origin"
+    assert (
+        r1["markers"]["length_bucket"] == "concise"
+        and r1["marker_provenance"]["length_bucket"] == "length:gpt2"
+    )
+    assert (
+        r1["markers"]["source"] == "Synthetic"
+        and r1["marker_provenance"]["source"] == "fields:source=meta.origin"
+    )
     assert recs[2]["markers"]["source"] == "Translation"
-    assert list(r1["markers"]) == ["length_tokens", "length_sentences", "length_paragraphs", "length_bucket", "source"]
+    assert list(r1["markers"]) == [
+        "length_tokens",
+        "length_sentences",
+        "length_paragraphs",
+        "length_bucket",
+        "source",
+    ]
     assert r1["meta"] == {"origin": "synthetic"}  # input fields kept
 
 
@@ -59,7 +71,9 @@ def test_skip_writes_rejects_and_counts_reconcile(tmp_path):
                      rejects_path=tmp_path / "rej.jsonl", progress=False)  # fmt: skip
     rejects = [json.loads(line) for line in open(tmp_path / "rej.jsonl")]
     written = sum(1 for _ in open(tmp_path / "out.jsonl"))
-    assert s.read == 102 == s.written + s.rejected and written == s.written and len(rejects) == s.rejected == 12
+    assert (
+        s.read == 102 == s.written + s.rejected and written == s.written and len(rejects) == s.rejected == 12
+    )
     assert rejects[0]["line"] == 4 and rejects[0]["error"] == "no assistant turn"
     assert rejects[0]["input"]["messages"][0]["content"] == "orphan"  # nothing lost
     assert rejects[-2]["input"] == "{not json"
@@ -75,7 +89,9 @@ def test_fail_mode_raises_the_first_bad_record(tmp_path):
 def test_parquet_output_and_num_proc_give_the_same_records(tmp_path):
     make_input(tmp_path / "in.jsonl", 300)
     run_annotate(tmp_path / "in.jsonl", tmp_path / "one.jsonl", opts(chunk_size=50), progress=False)
-    run_annotate(tmp_path / "in.jsonl", tmp_path / "two.parquet", opts(chunk_size=50), num_proc=2, progress=False)
+    run_annotate(
+        tmp_path / "in.jsonl", tmp_path / "two.parquet", opts(chunk_size=50), num_proc=2, progress=False
+    )
     from treasure.records import load_records
 
     assert load_records(tmp_path / "two.parquet") == load_records(tmp_path / "one.jsonl")
@@ -111,4 +127,6 @@ def test_kill_9_then_rerun_gives_identical_output(tmp_path):
     assert again.returncode == 0, again.stderr
     assert f"resumed after {consumed}" in again.stdout
     assert out.read_bytes() == (tmp_path / "ref.jsonl").read_bytes()
-    assert (tmp_path / "out.jsonl.rejects.jsonl").read_bytes() == (tmp_path / "ref.jsonl.rejects.jsonl").read_bytes()
+    assert (tmp_path / "out.jsonl.rejects.jsonl").read_bytes() == (
+        tmp_path / "ref.jsonl.rejects.jsonl"
+    ).read_bytes()

@@ -19,7 +19,13 @@ from treasure.markers import (
 from treasure.taxonomy import paper_taxonomy
 
 PAPER = paper_taxonomy()
-EXAMPLE = {"task": "CodeFix", "domain": "Sciences", "length_tokens": 120, "quality": 0.8734, "quality_bucket": 1}
+EXAMPLE = {
+    "task": "CodeFix",
+    "domain": "Sciences",
+    "length_tokens": 120,
+    "quality": 0.8734,
+    "quality_bucket": 1,
+}
 
 
 def test_paper_format_is_the_papers_text_in_taxonomy_order(paper):

@@ -14,7 +14,10 @@ def test_every_input_shape_normalises_to_messages():
         "prompt/completion strings": {"prompt": "Hi", "completion": "Hello!", "id": 1},
         "prompt/completion lists": {"prompt": CHAT[:1], "completion": CHAT[1:], "id": 1},
         "alpaca": {"instruction": "Hi", "input": "", "output": "Hello!", "id": 1},
-        "sharegpt": {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}], "id": 1},
+        "sharegpt": {
+            "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}],
+            "id": 1,
+        },
     }
     for name, raw in cases.items():
         rec = normalize_record(raw)
@@ -22,7 +25,9 @@ def test_every_input_shape_normalises_to_messages():
 
 
 def test_alpaca_input_is_appended_and_other_fields_kept():
-    rec = normalize_record({"instruction": "Sum", "input": "1 2", "output": "3", "meta": {"a": [1]}, "score": 0.5})
+    rec = normalize_record(
+        {"instruction": "Sum", "input": "1 2", "output": "3", "meta": {"a": [1]}, "score": 0.5}
+    )
     assert rec["messages"][0]["content"] == "Sum\n\n1 2"
     assert rec["meta"] == {"a": [1]} and rec["score"] == 0.5
 
@@ -34,7 +39,9 @@ def test_multi_turn_kept_whole_with_system():
 
 
 def test_existing_markers_are_validated_and_canonicalised(paper):
-    rec = normalize_record({"messages": CHAT, "markers": {"domain": "math", "quality_bucket": 2}}, taxonomy=paper)
+    rec = normalize_record(
+        {"messages": CHAT, "markers": {"domain": "math", "quality_bucket": 2}}, taxonomy=paper
+    )
     assert rec["markers"] == {"domain": "Math", "quality_bucket": "2"}
     with pytest.raises(RecordError) as e:
         normalize_record({"messages": CHAT, "markers": {"domain": "Astrology"}}, source="f.jsonl", line=3,
@@ -79,7 +86,9 @@ def test_bad_records_get_one_clear_error(tmp_path, paper, line, message, field):
 def test_huge_message_is_rejected(tmp_path):
     big = "x" * (10 * 1024 * 1024)
     with pytest.raises(RecordError, match=r"messages\[1\]\.content: 10,485,760 characters is over the limit"):
-        normalize_record({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": big}]})
+        normalize_record(
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": big}]}
+        )
 
 
 def test_jsonl_parquet_and_hf_dataset_round_trip(tmp_path):

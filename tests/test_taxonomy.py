@@ -53,12 +53,27 @@ def test_user_taxonomy_with_numeric_and_from_field(tmp_path):
 @pytest.mark.parametrize(
     ("text", "expect"),
     [
-        ("name: x\ncategories:\n  a:\n    kind: colour\n", r":4: categories\.a\.kind: 'colour' is not one of"),
-        ("name: x\ncategories:\n  a:\n    kind: categorical\n", r":3: categories\.a: a categorical category needs `values`"),
-        ("name: x\ncategories:\n  a:\n    kind: int\n    colour: red\n", r":5: categories\.a\.colour: unknown key"),
+        (
+            "name: x\ncategories:\n  a:\n    kind: colour\n",
+            r":4: categories\.a\.kind: 'colour' is not one of",
+        ),
+        (
+            "name: x\ncategories:\n  a:\n    kind: categorical\n",
+            r":3: categories\.a: a categorical category needs `values`",
+        ),
+        (
+            "name: x\ncategories:\n  a:\n    kind: int\n    colour: red\n",
+            r":5: categories\.a\.colour: unknown key",
+        ),
         ("name: x\ncategories:\n  a:\n    kind: categorical\n    values: [p, p]\n", r"duplicate value 'p'"),
-        ("name: x\ncategories:\n  a b:\n    kind: int\n", r":3: categories\.a b: category names must be identifiers"),
-        ("name: x\ncategories:\n  a:\n    kind: int\n    min: low\n", r":5: categories\.a\.min: expected a number"),
+        (
+            "name: x\ncategories:\n  a b:\n    kind: int\n",
+            r":3: categories\.a b: category names must be identifiers",
+        ),
+        (
+            "name: x\ncategories:\n  a:\n    kind: int\n    min: low\n",
+            r":5: categories\.a\.min: expected a number",
+        ),
         ("name: x\ncategories: [\n", r"invalid YAML"),
         ("name: x\n", r"needs `name` and `categories`"),
         ("name: x\nfoo: 1\ncategories: {}\n", r":2: unknown key 'foo'"),

@@ -27,7 +27,9 @@ COMMAND_MODULES = [
 def build_parser() -> argparse.ArgumentParser:
     from treasure import __version__
 
-    parser = argparse.ArgumentParser(prog="treasure", description="Training-time markers for LLM post-training.")
+    parser = argparse.ArgumentParser(
+        prog="treasure", description="Training-time markers for LLM post-training."
+    )
     parser.add_argument("--version", action="version", version=f"treasure {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

@@ -162,15 +162,24 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 bad = raw.decode("utf-8", errors="replace").rstrip("\n")
-                yield lineno, RecordError(f"invalid UTF-8 at byte {e.start}", source=str(path), line=lineno, raw=bad)
+                yield (
+                    lineno,
+                    RecordError(f"invalid UTF-8 at byte {e.start}", source=str(path), line=lineno, raw=bad),
+                )
                 continue
             if not text.strip():
                 continue
             try:
                 yield lineno, json.loads(text)
             except json.JSONDecodeError as e:
-                yield lineno, RecordError(
-                    f"invalid JSON: {e.msg} (column {e.colno})", source=str(path), line=lineno, raw=text.rstrip("\n")
+                yield (
+                    lineno,
+                    RecordError(
+                        f"invalid JSON: {e.msg} (column {e.colno})",
+                        source=str(path),
+                        line=lineno,
+                        raw=text.rstrip("\n"),
+                    ),
                 )
 
 
@@ -215,8 +224,7 @@ def _iter_hf_dataset(path: Path, split: str | None) -> Iterator[tuple[int, Any]]
         if split not in ds:
             raise TreasureError(f"{path}: no split {split!r} (has {list(ds)})")
         ds = ds[split]
-    for i, rec in enumerate(ds, 1):
-        yield i, rec
+    yield from enumerate(ds, 1)
 
 
 def iter_raw(path: str | Path, split: str | None = None) -> Iterator[tuple[int, Any]]:
@@ -233,7 +241,9 @@ def iter_raw(path: str | Path, split: str | None = None) -> Iterator[tuple[int, 
     elif p.suffix in (".jsonl", ".ndjson"):
         yield from _iter_jsonl(p)
     else:
-        raise TreasureError(f"{p}: unknown file type {p.suffix!r} (use .jsonl, .json, .parquet or a dataset folder)")
+        raise TreasureError(
+            f"{p}: unknown file type {p.suffix!r} (use .jsonl, .json, .parquet or a dataset folder)"
+        )
 
 
 def read_records(
@@ -249,7 +259,10 @@ def read_records(
             yield line, raw
             continue
         try:
-            yield line, normalize_record(raw, source=str(path), line=line, taxonomy=taxonomy, max_chars=max_chars)
+            yield (
+                line,
+                normalize_record(raw, source=str(path), line=line, taxonomy=taxonomy, max_chars=max_chars),
+            )
         except RecordError as e:
             yield line, e
 
@@ -285,7 +298,9 @@ def write_records(path: str | Path, records: list[dict]) -> int:
             rows = list(records)
             table = pa.Table.from_struct_array(pa.array(rows)) if rows else pa.table({})
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-            raise TreasureError(f"{p}: records do not share one schema for Parquet ({e}); write .jsonl") from None
+            raise TreasureError(
+                f"{p}: records do not share one schema for Parquet ({e}); write .jsonl"
+            ) from None
         pq.write_table(table, p)
         return table.num_rows
     if p.suffix not in (".jsonl", ".ndjson"):

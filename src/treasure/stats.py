@@ -40,7 +40,12 @@ def marker_stats(records: Iterable[dict], taxonomy: Taxonomy) -> dict[str, Any]:
                 "kind": cat.kind,
                 "count": len(xs),
                 **(
-                    {"min": min(xs), "median": statistics.median(xs), "mean": statistics.fmean(xs), "max": max(xs)}
+                    {
+                        "min": min(xs),
+                        "median": statistics.median(xs),
+                        "mean": statistics.fmean(xs),
+                        "max": max(xs),
+                    }
                     if xs
                     else {}
                 ),
@@ -63,7 +68,9 @@ def tail_values(stats: dict[str, Any], category: str) -> set[str]:
 
 def format_stats(stats: dict[str, Any]) -> str:
     """A plain-text table for the terminal."""
-    lines = [f"{stats['n']} records; long tail = values under {stats['tail_share']:.0%} of records (marked *)"]
+    lines = [
+        f"{stats['n']} records; long tail = values under {stats['tail_share']:.0%} of records (marked *)"
+    ]
     for name, cat in stats["categories"].items():
         if cat["kind"] != "categorical":
             if cat["count"]:
@@ -79,7 +86,9 @@ def format_stats(stats: dict[str, Any]) -> str:
             lines.append("  (no markers)")
         for value, s in cat["values"].items():
             bar = "#" * max(1, round(s["share"] * 40)) if s["count"] else ""
-            lines.append(f"  {'*' if s['tail'] else ' '} {value:<22} {s['count']:>7} {s['share']:>7.1%}  {bar}")
+            lines.append(
+                f"  {'*' if s['tail'] else ' '} {value:<22} {s['count']:>7} {s['share']:>7.1%}  {bar}"
+            )
     return "\n".join(lines)
 
 
@@ -113,7 +122,8 @@ def plot_stats(stats: dict[str, Any], path: str | Path) -> Path:
         ax.set_xlabel("% of records")
         ax.tick_params(axis="y", labelsize=8)
     fig.suptitle(
-        f"Marker values in {stats['n']} records (orange: long tail, under {stats['tail_share']:.0%})", fontsize=13
+        f"Marker values in {stats['n']} records (orange: long tail, under {stats['tail_share']:.0%})",
+        fontsize=13,
     )
     fig.tight_layout()
     path = Path(path)

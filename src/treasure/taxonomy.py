@@ -113,7 +113,9 @@ class Taxonomy:
     def validate_markers(self, markers: dict[str, Any]) -> dict[str, Any]:
         """Canonicalise a whole marker dict, in taxonomy order. Raises TaxonomyError naming the category."""
         if not isinstance(markers, dict):
-            raise TaxonomyError(f"markers must be a mapping of category to value, got {type(markers).__name__}")
+            raise TaxonomyError(
+                f"markers must be a mapping of category to value, got {type(markers).__name__}"
+            )
         out = {}
         for key in markers:
             self[key]  # unknown category -> error
@@ -139,7 +141,12 @@ class Taxonomy:
                 if getattr(c, key) is not None:
                     d[key] = getattr(c, key)
             cats[c.name] = d
-        return {"name": self.name, "version": self.version, "description": self.description, "categories": cats}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "categories": cats,
+        }
 
     def fingerprint(self) -> str:
         """A short hash of the taxonomy's content: part of cache keys and saved bundles."""
@@ -147,7 +154,9 @@ class Taxonomy:
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
+        Path(path).write_text(
+            yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -265,7 +274,9 @@ def parse_taxonomy(text: str, source: str = "<taxonomy>") -> Taxonomy:
         )
     if not categories:
         raise err(cats_node, "categories: at least one category is needed")
-    return Taxonomy(name=name, version=version, categories=tuple(categories), description=description, path=source)
+    return Taxonomy(
+        name=name, version=version, categories=tuple(categories), description=description, path=source
+    )
 
 
 def load_taxonomy(path: str | Path | None = None) -> Taxonomy:

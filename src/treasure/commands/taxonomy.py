@@ -18,8 +18,10 @@ def run(args: argparse.Namespace) -> int:
     tax = load_taxonomy(args.file)
     if args.action == "validate":
         n_values = sum(len(c.values) for c in tax)
-        print(f"{args.file}: ok ({len(tax.categories)} categories, {n_values} categorical values, "
-              f"fingerprint {tax.fingerprint()})")
+        print(
+            f"{args.file}: ok ({len(tax.categories)} categories, {n_values} categorical values, "
+            f"fingerprint {tax.fingerprint()})"
+        )
         return 0
     print(f"taxonomy {tax.name} v{tax.version}: {tax.description}")
     for cat in tax:

@@ -703,7 +703,9 @@ class MarkerConstraint:
         self._machine.due(self.fixed)  # fail now, not at the first generate call
 
     def logits_processor(
-        self, fixed: Fixed | Sequence[Fixed] | EllipsisType = ..., max_block_tokens: int | None | EllipsisType = ...
+        self,
+        fixed: Fixed | Sequence[Fixed] | EllipsisType = ...,
+        max_block_tokens: int | None | EllipsisType = ...,
     ) -> MarkerLogitsProcessor:
         """A fresh processor for one `generate` call.
 

@@ -43,8 +43,13 @@ def train_record(item: Item, idx: int, rng: random.Random, sloppy_p: float) -> d
     return {
         "id": f"suite-train-{idx:06d}",
         "messages": [{"role": "user", "content": item.prompt}, {"role": "assistant", "content": answer}],
-        "meta": {"task": TASKS[item.task].task_marker, "source": "Synthetic", "rating": rating,
-                 "suite_task": item.task, "sloppy": sloppy},  # fmt: skip
+        "meta": {
+            "task": TASKS[item.task].task_marker,
+            "source": "Synthetic",
+            "rating": rating,
+            "suite_task": item.task,
+            "sloppy": sloppy,
+        },  # fmt: skip
     }
 
 
@@ -61,7 +66,9 @@ def build_suite(cfg: SuiteConfig) -> tuple[list[dict], list[dict]]:
         while made < cfg.n_test_per_task:
             tries += 1
             if tries > 100 * cfg.n_test_per_task:
-                raise ValueError(f"task {name}: too few distinct prompts for {cfg.n_test_per_task} test items")
+                raise ValueError(
+                    f"task {name}: too few distinct prompts for {cfg.n_test_per_task} test items"
+                )
             item = TASKS[name].make(rng)
             if name == "some_multiples" and made % 2 == 0:
                 item = _with_word_limit(item, rng, exact=False)

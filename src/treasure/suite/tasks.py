@@ -69,13 +69,17 @@ def make_add(rng):
 def make_count(rng):
     w = _word(rng, 6, 10)
     c = rng.choice(w)
-    return Item("count", f"How many times does the letter {c} appear in {w}?", str(w.count(c)), {"word": w, "c": c})
+    return Item(
+        "count", f"How many times does the letter {c} appear in {w}?", str(w.count(c)), {"word": w, "c": c}
+    )
 
 
 def make_multiples(rng):
     k, m, n = rng.randint(2, 19), rng.randint(1, 20), rng.randint(2, 12)
     body = "\n".join(f"{i}. {k * (m + i - 1)}" for i in range(1, n + 1))
-    return Item("multiples", f"List {n} multiples of {k}, starting from {k * m}.", body, {"k": k, "m": m, "n": n})
+    return Item(
+        "multiples", f"List {n} multiples of {k}, starting from {k * m}.", body, {"k": k, "m": m, "n": n}
+    )
 
 
 def make_json(rng):
@@ -98,7 +102,9 @@ def make_sort(rng):
 
 def make_rotate(rng):
     w, k = _word(rng, 5, 8), rng.randint(1, 3)
-    return Item("rotate", f"Move the first {k} letters of {w} to the end.", w[k:] + w[:k], {"word": w, "k": k})
+    return Item(
+        "rotate", f"Move the first {k} letters of {w} to the end.", w[k:] + w[:k], {"word": w, "k": k}
+    )
 
 
 def make_spell(rng):
@@ -176,7 +182,15 @@ TASKS: dict[str, Task] = {
         Task("code_sum", "CodeGeneration", "Code", 0.13, make_code_sum, _exact, _sloppy_truncate),
         Task("count", "QuestionAnswering", "Culture", 0.10, make_count, _exact, _sloppy_chatty),
         Task("multiples", "Reasoning", "Math", 0.08, make_multiples, _exact, _sloppy_list),
-        Task("some_multiples", "OpenEnded", "Math", 0.07, make_some_multiples, check_some_multiples, _sloppy_chatty),
+        Task(
+            "some_multiples",
+            "OpenEnded",
+            "Math",
+            0.07,
+            make_some_multiples,
+            check_some_multiples,
+            _sloppy_chatty,
+        ),
         Task("upper", "Rewrite", "Culture", 0.06, make_upper, _exact, _sloppy_chatty),
         Task("json", "InformationExtraction", "Technology", 0.05, make_json, _exact, _sloppy_truncate),
         # the long tail: each under 5% of the data
