@@ -38,7 +38,7 @@ def test_markers_provenance_and_kept_input_markers(tmp_path):
     make_input(tmp_path / "in.jsonl", 30)
     s = run_annotate(tmp_path / "in.jsonl", tmp_path / "out.jsonl", opts(), progress=False)
     assert (s.read, s.written, s.rejected) == (30, 30, 0)
-    recs = [json.loads(line) for line in open(tmp_path / "out.jsonl")]
+    recs = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["id"] for r in recs] == [f"r{i}" for i in range(30)]  # order kept
     r0, r1 = recs[0], recs[1]
     assert r0["markers"]["length_bucket"] == "long" and r0["marker_provenance"]["length_bucket"] == "input"
@@ -69,8 +69,8 @@ def test_skip_writes_rejects_and_counts_reconcile(tmp_path):
                              {"role": "assistant", "content": "a"}]}) + "\n")  # fmt: skip
     s = run_annotate(tmp_path / "in.jsonl", tmp_path / "out.jsonl", opts(on_error="skip", chunk_size=16),
                      rejects_path=tmp_path / "rej.jsonl", progress=False)  # fmt: skip
-    rejects = [json.loads(line) for line in open(tmp_path / "rej.jsonl")]
-    written = sum(1 for _ in open(tmp_path / "out.jsonl"))
+    rejects = [json.loads(line) for line in (tmp_path / "rej.jsonl").read_text().splitlines()]
+    written = len((tmp_path / "out.jsonl").read_text().splitlines())
     assert (
         s.read == 102 == s.written + s.rejected and written == s.written and len(rejects) == s.rejected == 12
     )
