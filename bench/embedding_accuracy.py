@@ -16,8 +16,8 @@ questions to pasted code), annotated in chunks of 512 as the pipeline does, afte
 A chunk of 512 consecutive records holds no repeated prompt, so the de-duplication of identical prompts does not
 flatter the number. `--procs N` runs N worker processes of one torch thread each (the pipeline's num_proc).
 
-    .venv/bin/python bench/embedding_accuracy.py [--compare] [--skip-throughput] [--threads 1] [--procs 1]
-        [--max-length 64] [--batch-size 32] [--dtype auto] [--show-errors]
+    .venv/bin/python bench/embedding_accuracy.py [--compare] [--skip-throughput] [--threads 0] [--procs 1]
+        [--max-length 48] [--batch-size 32] [--dtype auto] [--show-errors]
 """
 
 from __future__ import annotations
@@ -348,8 +348,8 @@ def main() -> None:
     )
     ap.add_argument("--batch-size", type=int, default=emb.DEFAULT_BATCH_SIZE)
     ap.add_argument("--max-length", type=int, default=emb.DEFAULT_MAX_LENGTH)
-    ap.add_argument("--threads", type=int, default=emb.DEFAULT_NUM_THREADS,
-                    help="torch threads while encoding; 0: torch's choice")  # fmt: skip
+    ap.add_argument("--threads", type=int, default=emb.DEFAULT_NUM_THREADS or 0,
+                    help="torch threads while encoding (default 0: torch's choice)")  # fmt: skip
     ap.add_argument("--procs", type=int, default=1, help="throughput with N worker processes of 1 thread")
     ap.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
     ap.add_argument("--compare", action="store_true", help="also compare classification methods")

@@ -196,7 +196,6 @@ def test_invalid_markers_raise_a_template_error(tok, paper):
         )
 
 
-@pytest.mark.slow
 def test_case_folding_tables_match_python_re_over_every_code_point():
     chars = [chr(i) for i in range(sys.maxunicode + 1) if not 0xD800 <= i <= 0xDFFF]
     for letter, table in zip("MARKER_LIST", _MARKER_LIST_CHARS, strict=True):

@@ -68,6 +68,11 @@ def test_cli_values_override_the_yaml(tmp_path):
     assert run.args.train_file == str(tmp_path / "train.jsonl")  # relative to the YAML
     run = load_config(cfg, ["--train_file", "other.jsonl"], check_files=False)
     assert run.args.train_file == "other.jsonl"  # command-line paths are the caller's
+    (tmp_path / "turns.jinja").write_text("{{ messages }}")
+    run = load_config(tiny_config(tmp_path, chat_template_path="turns.jinja"))
+    assert run.args.chat_template_path == str(tmp_path / "turns.jinja")
+    run = load_config(tiny_config(tmp_path, chat_template_path="Qwen/Qwen2.5-7B-Instruct"))
+    assert run.args.chat_template_path == "Qwen/Qwen2.5-7B-Instruct"  # a hub id, not a path
 
 
 def _cli_error(capsys, argv: list[str]) -> str:
@@ -157,24 +162,13 @@ def test_records_with_invalid_markers_name_file_line_field(tmp_path, capsys):
 def test_programmatic_config_validates_markers():
     from treasure.train.config import TreasureSFTConfig
 
+    base = {"output_dir": "x", "use_cpu": True, "bf16": False, "activation_checkpointing": False}
     with pytest.raises(ConfigError, match="markers.placement"):
-        TreasureSFTConfig(
-            output_dir="x",
-            use_cpu=True,
-            bf16=False,
-            activation_checkpointing=False,
-            markers={"placement": "middle"},
-        )
+        TreasureSFTConfig(**base, markers={"placement": "middle"})
     with pytest.raises(ConfigError, match="completion_only_loss"):
-        TreasureSFTConfig(
-            output_dir="x",
-            use_cpu=True,
-            bf16=False,
-            activation_checkpointing=False,
-            completion_only_loss=False,
-        )
-    args = TreasureSFTConfig(
-        output_dir="x", use_cpu=True, bf16=False, markers=json.dumps({"format": "compact"})
-    )
+        TreasureSFTConfig(**base, completion_only_loss=False)
+    with pytest.raises(ConfigError, match="markers: expected a mapping"):
+        TreasureSFTConfig(**base, markers="compact")
+    args = TreasureSFTConfig(**base, markers=json.dumps({"format": "compact"}))
     assert args.marker_config.format == "compact"
     assert yaml.safe_load(yaml.safe_dump(args.markers)) == args.markers

@@ -175,6 +175,9 @@ def test_a_completion_tokenised_apart_keeps_what_the_template_opens_the_reply_wi
     tok = template_tokenizer("command-r7b")
     prompt = [{"role": "user", "content": "hi"}]
     text = _completion_text(tok, prompt, [{"role": "assistant", "content": "yo"}], {})
-    assert text == "<|START_RESPONSE|>yo<|END_RESPONSE|><|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>"
+    assert (
+        text
+        == "<|START_RESPONSE|>yo<|END_RESPONSE|><|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>"
+    )
     tok = tiny_tokenizer()
     assert _completion_text(tok, prompt, [{"role": "assistant", "content": "yo"}], {}) == "yo<|im_end|>\n"

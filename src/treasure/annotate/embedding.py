@@ -8,9 +8,10 @@ sentence-transformers itself is not needed.
 
 What is read. For `task`, the last user turn (`records.prompt_text`): the request being answered. For `domain` and
 other categories, the first and the last user turn (`context_text`), so a follow-up ("now shorter") keeps its
-subject. Both are cut to `max_length` tokens (64 by default: accuracy on the tuning set was the same at 64, 96,
-128 and 256 tokens, and 64 is 40% faster than 128). The response is not read: adding its first 200 or 500
-characters did not help on the labelled OpenAssistant prompts (domain 0.85 -> 0.825, task 0.725 -> 0.70-0.725).
+subject. Both are cut to `max_length` tokens (48 by default: accuracy on the tuning set and in cross-validation
+was the same at 48, 64, 96, 128 and 256 tokens and lower at 32; 48 is about 1.2x as fast as 64, 1.5x as 128).
+The response is not read: adding its first 200 or 500 characters did not help on the labelled OpenAssistant
+prompts (domain 0.85 -> 0.825, task 0.725 -> 0.70-0.725).
 
 How a value is chosen (bench/embedding_accuracy.py, results in bench/RESULTS_embedding.md). Each value has
 examples: the labelled seed prompts of `seeds/paper.jsonl` (plus a user's file) and the value's one-line
@@ -25,8 +26,8 @@ averaged away; the centroid part keeps one odd seed from deciding alone. Against
 logistic regression it was best or within a point in cross-validation on the seeds and best on the hand-labelled
 tuning set of the bench. For `task` the score is also taken on a second view, the mean of the first HEAD_TOKENS
 token vectors of the same forward pass (the instruction usually comes first; a pasted text or code block after
-it says more about the domain than about the task), and the two views are averaged (HEAD_WEIGHT): +4.6 points of
-task accuracy in cross-validation, -3.8 on the smaller tuning set.
+it says more about the domain than about the task), and the two views are averaged (HEAD_WEIGHT): +4.3 points of
+task accuracy in cross-validation, -2.5 (2 prompts) on the smaller tuning set.
 
 Low confidence: a category with an `Unspecified` value (the paper's `domain`) answers Unspecified when the best
 score is below `min_score`, with a note saying why. Other categories (`task`) always get their best value.
@@ -36,8 +37,8 @@ Speed. On a CPU with native bfloat16 (AVX512-BF16 or AMX) the model runs in bflo
 measured too and rejected: 2.4x faster than float32 but the embeddings drift (cosine 0.94 on average, 0.81 at
 worst, and they depend on the other prompts of the batch), which flipped predictions. (In bfloat16 and float32 a
 score can still move in the fourth decimal with the padding of its batch.) Prompts are sorted by length before
-batching (little padding), identical prompts in one call are encoded once, and encoding uses one torch thread
-(DEFAULT_NUM_THREADS). Seed vectors are computed once per process and cached on disk, keyed by the model, the
+batching (little padding) and identical prompts in one call are encoded once; for threads and processes see
+DEFAULT_NUM_THREADS. Seed vectors are computed once per process and cached on disk, keyed by the model, the
 settings and the seed texts.
 """
 
@@ -64,12 +65,13 @@ from treasure.taxonomy import Taxonomy
 MODEL_NAME = "all-MiniLM-L6-v2"
 UNSPECIFIED = "Unspecified"
 DEFAULT_CATEGORIES = ("domain", "task")
-DEFAULT_MAX_LENGTH = 64
+DEFAULT_MAX_LENGTH = 48
 DEFAULT_BATCH_SIZE = 32
-# Torch threads while encoding (then restored). One: on the 2-core test machine one thread gave 230 records/s and
-# two gave 42-50 whenever another process was busy (OpenMP threads wait for each other); more throughput comes
-# from the pipeline's worker processes, one thread each.
-DEFAULT_NUM_THREADS = 1
+# Torch threads while encoding (then restored); None leaves torch's setting. On the 2-core test VM, 10,000 prompts:
+# 2 threads 283 records/s when the VM was quiet but 82 when another job held a core (OpenMP threads wait on
+# each other); 1 thread 186-193 (quiet) and 157 (busy); 2 worker processes of 1 thread (the pipeline's
+# num_proc) 354-369 (quiet). Leaving torch's choice lets a many-core machine use its cores; set 1 on a shared box.
+DEFAULT_NUM_THREADS: int | None = None
 # Scoring (see the module docstring); chosen on cross-validation of the seeds and the bench's tuning set.
 TOP_M = 3
 CENTROID_WEIGHT = 0.5

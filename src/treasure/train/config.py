@@ -4,9 +4,9 @@
 
 Command-line values override the YAML, as TRL's own `TrlParser` does (YAML values become the parser's defaults).
 `--markers.KEY VALUE` overrides one key of the `markers:` section. Relative paths inside a YAML (train_file,
-eval_file, taxonomy, chat_template_path, and a model_name_or_path that starts with ./ or ../) are relative to the
-YAML's folder, so a config and its data travel together; paths given on the command line are relative to the
-working directory, as is output_dir. Every error is one line naming the key (and the YAML line) or the path.
+eval_file, taxonomy, a chat_template_path that is a file, and a model_name_or_path that starts with ./ or ../) are
+relative to the YAML's folder, so a config and its data travel together; paths given on the command line are
+relative to the working directory, as is output_dir. Every error is one line naming the key (and the YAML line) or the path.
 """
 
 from __future__ import annotations
@@ -158,6 +158,10 @@ def _resolve(value: Any, base: Path) -> Any:
     return str((base / value).resolve()) if not value.startswith("~") else os.path.expanduser(value)
 
 
+def _is_file_like(value: str, base: Path) -> bool:
+    return looks_local(value) or value.endswith((".jinja", ".j2")) or (base / value).exists()
+
+
 def looks_local(name: str) -> bool:
     """A model name that can only be a local path (a hub id is `name` or `org/name`)."""
     return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or name.endswith("/")
@@ -182,8 +186,13 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), *, check_files:
             raise ConfigError(f"{path}:{lines.get(str(key), '?')}: unknown key {key!r}{hint}")
     base = path.resolve().parent
     for key in _PATH_KEYS:
-        if key in data and not (key == "taxonomy" and data[key] == "paper"):
-            data[key] = _resolve(data[key], base)
+        value = data.get(key)
+        if key == "taxonomy" and value == "paper":
+            continue
+        if key == "chat_template_path" and isinstance(value, str) and not _is_file_like(value, base):
+            continue  # a hub id (`org/model`) whose template to use
+        if key in data:
+            data[key] = _resolve(value, base)
     name = data.get("model_name_or_path")
     if isinstance(name, str) and name.startswith(("./", "../")):
         data["model_name_or_path"] = _resolve(name, base)
