@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "treasure.commands.stats",
     "treasure.commands.train",
     "treasure.commands.demo",
+    "treasure.commands.sweep",
     "treasure.commands.eval",
     "treasure.commands.generate",
 ]

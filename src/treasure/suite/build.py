@@ -16,6 +16,7 @@ from treasure.suite.tasks import TASKS, Item, word_count
 # Where low-quality answers concentrate: a real long tail is often scraped from noisier sources.
 DEFAULT_SLOPPY = {name: 0.15 for name in TASKS} | {"spell": 0.55, "swap_ends": 0.55, "upper": 0.55}
 WORD_LIMIT_SHARE = 0.35  # share of `some_multiples` prompts that carry an explicit word limit
+MAX_TEST = 200  # test items per task that training never sees (experiments use a prefix)
 
 
 @dataclass
@@ -53,41 +54,51 @@ def train_record(item: Item, idx: int, rng: random.Random, sloppy_p: float) -> d
     }
 
 
-def build_suite(cfg: SuiteConfig) -> tuple[list[dict], list[dict]]:
-    """(train records, test items as dicts with the reference answer and parameters)."""
-    rng = random.Random(f"suite:{cfg.seed}")
+def test_items(seed: int, name: str, n: int) -> list[dict]:
+    """The first `n` test items of one task. Each task draws from its own stream, so a smaller test set is a prefix
+    of a larger one, and the training draw can exclude the largest test set any experiment uses (MAX_TEST)."""
+    rng = random.Random(f"suite-test:{seed}:{name}")
+    items, seen, tries = [], set(), 0
+    while len(items) < n:
+        tries += 1
+        if tries > 100 * n:
+            raise ValueError(f"task {name}: too few distinct prompts for {n} test items")
+        item = TASKS[name].make(rng)
+        if name == "some_multiples" and len(items) % 2 == 0:
+            item = _with_word_limit(item, rng, exact=False)
+        if item.prompt in seen:
+            continue
+        seen.add(item.prompt)
+        items.append({"id": f"suite-test-{name}-{len(items):04d}", "task": name, "prompt": item.prompt,
+                      "answer": item.answer, "params": item.params,
+                      "meta": {"task": TASKS[name].task_marker, "source": "Synthetic"}})  # fmt: skip
+    return items
+
+
+def build_suite(cfg: SuiteConfig, *, stream: str = "train") -> tuple[list[dict], list[dict]]:
+    """(training records, test items as dicts with the reference answer and parameters).
+
+    `stream` names the training draw: another name (the demo's base model uses "base") gives other records from the
+    same mix. No training record has the prompt of any of the first MAX_TEST test items of a task."""
+    if cfg.n_test_per_task > MAX_TEST:
+        raise ValueError(f"n_test_per_task: at most {MAX_TEST}")
     shares = cfg.shares or {name: t.share for name, t in TASKS.items()}
     names = list(shares)
     weights = [shares[n] for n in names]
-    # Test items first, so training can exclude their prompts.
-    test, seen = [], set()
-    for name in names:
-        made, tries = 0, 0
-        while made < cfg.n_test_per_task:
-            tries += 1
-            if tries > 100 * cfg.n_test_per_task:
-                raise ValueError(
-                    f"task {name}: too few distinct prompts for {cfg.n_test_per_task} test items"
-                )
-            item = TASKS[name].make(rng)
-            if name == "some_multiples" and made % 2 == 0:
-                item = _with_word_limit(item, rng, exact=False)
-            if item.prompt in seen:
-                continue
-            seen.add(item.prompt)
-            test.append({"id": f"suite-test-{name}-{made:04d}", "task": name, "prompt": item.prompt,
-                         "answer": item.answer, "params": item.params,
-                         "meta": {"task": TASKS[name].task_marker, "source": "Synthetic"}})  # fmt: skip
-            made += 1
+    excluded = {t["prompt"] for name in names for t in test_items(cfg.seed, name, MAX_TEST)}
+    test = [t for name in names for t in test_items(cfg.seed, name, cfg.n_test_per_task)]
+    rng = random.Random(f"suite-{stream}:{cfg.seed}")
     train: list[dict] = []
     while len(train) < cfg.n_train:
         name = rng.choices(names, weights)[0]
         item = TASKS[name].make(rng)
         if name == "some_multiples" and rng.random() < WORD_LIMIT_SHARE:
             item = _with_word_limit(item, rng, exact=True)
-        if item.prompt in seen:  # never train on a test prompt
+        if item.prompt in excluded:  # never train on a test prompt
             continue
-        train.append(train_record(item, len(train), rng, cfg.sloppy.get(name, 0.0)))
+        rec = train_record(item, len(train), rng, cfg.sloppy.get(name, 0.0))
+        rec["id"] = rec["id"].replace("suite-train", f"suite-{stream}")
+        train.append(rec)
     return train, test
 
 

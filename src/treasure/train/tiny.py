@@ -56,8 +56,38 @@ def tiny_tokenizer() -> PreTrainedTokenizerBase:
     return tok
 
 
-def tiny_llama(tokenizer: PreTrainedTokenizerBase | None = None) -> PreTrainedModel:
-    """The tiny Llama for `tokenizer` (default: `tiny_tokenizer()`), with weights drawn from TINY_SEED."""
+def char_tokenizer() -> PreTrainedTokenizerBase:
+    """A byte-level tokenizer with no merges (one token per UTF-8 byte, 256 + 3 special tokens), ChatML turns.
+
+    Built with Hugging Face `tokenizers` on the spot, saved and loaded like any fast tokenizer. The demo's models use
+    it: the output layer is 259 rows instead of GPT-2's 50k (the 50k rows dominate a tiny model's CPU step), and
+    letter-level tasks see letters.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    core = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, model_max_length=TINY_ARCH["max_position_embeddings"]
+    )
+    tok.add_special_tokens(
+        {"pad_token": "<|endoftext|>", "additional_special_tokens": ["<|im_start|>", "<|im_end|>"]}
+    )
+    tok.eos_token = "<|im_end|>"
+    tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def tiny_llama(
+    tokenizer: PreTrainedTokenizerBase | None = None, *, seed: int = TINY_SEED, **arch
+) -> PreTrainedModel:
+    """The tiny Llama for `tokenizer` (default: `tiny_tokenizer()`), with weights drawn from `seed`.
+
+    `arch` overrides TINY_ARCH (hidden_size, num_hidden_layers, ...); with it the model is no longer `tiny-llama`
+    (save it and name the folder)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -67,13 +97,14 @@ def tiny_llama(tokenizer: PreTrainedTokenizerBase | None = None) -> PreTrainedMo
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-        **TINY_ARCH,
+        **{**TINY_ARCH, **arch},
     )
     # Fork the RNG so building the model neither depends on nor disturbs the caller's seed.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
+        torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
-    model.config.name_or_path = TINY_LLAMA
+    if not arch and seed == TINY_SEED:
+        model.config.name_or_path = TINY_LLAMA
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     return model
