@@ -172,7 +172,7 @@ def test_demo_quick_end_to_end(tmp_path):
         assert _sane(s["rows"]["length"][col]) and s["rows"]["length"][col]["mean"] is not None
     for col in ("baseline", "inferred", "quality_1", "quality_4"):
         assert _sane(s["rows"]["quality"][col]) and s["rows"]["quality"][col]["mean"] is not None
-    assert {"task", "domain", "format", "code_type", "quality_bucket"} <= set(s["markers"])
+    assert {"task", "domain", "format", "quality_bucket"} <= set(s["markers"])
     assert all(_sane(m) for m in s["markers"].values() if m["metric"] == "accuracy")
     assert s["head"] and s["tail"] and "repair" in s["tail"]
     # both arms trained the same steps on the same records; the marker arm read more tokens (its blocks)
@@ -204,7 +204,7 @@ def test_sweep_shares_baselines(tmp_path):
     run = treasure("sweep", cfg, "--out", out)
     assert run.returncode == 0, run.stderr[-3000:]
     assert len(list((out / "shared").glob("baseline-s0-*"))) == 1
-    assert len(list((out / "points").glob("*/runs/markers-s0/model.safetensors"))) == 2
+    assert len(list((out / "shared").glob("markers-s0-*/model.safetensors"))) == 2
     rows = json.loads((out / "sweep.json").read_text())["points"]
     assert [r["name"] for r in rows] == ["placement=both", "placement=completion"]
     # completion-only markers: the prompt takes none, so the fixed modes are absent, not made up

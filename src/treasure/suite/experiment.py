@@ -40,8 +40,9 @@ from treasure.suite.build import SuiteConfig, build_suite
 log = logging.getLogger(__name__)
 
 # The categories the marker arm trains on. The suite is English, single-source and short (length_bucket is always
-# `concise`), so those categories would be constants; these vary and can be checked.
-DEMO_CATEGORIES = ("task", "domain", "format", "code_type", "quality_bucket", "length_tokens")
+# `concise`), and the code annotator finds no code_type in one-line answers, so those would be constants; these
+# vary in the annotated records and can be checked.
+DEMO_CATEGORIES = ("task", "domain", "format", "quality_bucket", "length_tokens")
 ARMS = ("baseline", "markers")
 BASES = ("bundled", "train", "none")
 BUNDLED_BASE = "demo-base"  # in treasure/assets
@@ -79,7 +80,7 @@ class ExperimentConfig:
     sample_dropout: float = 0.5
     categories: tuple[str, ...] = DEMO_CATEGORIES
     # evaluation
-    eval_batch_size: int = 64
+    eval_batch_size: int = 128
     device: str = "auto"  # auto | cpu | cuda
 
     def __post_init__(self) -> None:
@@ -121,7 +122,8 @@ DATA_KEYS = ("n_train", "n_test_per_task", "suite_seed")
 INIT_KEYS = (*DATA_KEYS, "base", "hidden_size", "num_hidden_layers", "num_attention_heads")
 BASE_KEYS = (*INIT_KEYS, "n_base", "base_steps", "base_learning_rate", "batch_size", "device")
 BASELINE_KEYS = (*BASE_KEYS, "steps", "baseline_steps", "learning_rate", "eval_batch_size")
-# (the stage function takes the lock; `stage` wraps it)
+MARKER_KEYS = (*BASE_KEYS, "steps", "learning_rate", "eval_batch_size", "format", "placement", "dataset_dropout",
+               "sample_dropout", "categories")  # fmt: skip
 
 
 def _key(cfg: ExperimentConfig, keys: tuple[str, ...]) -> str:
@@ -158,9 +160,11 @@ class Paths:
         return self.base if self.cfg.base == "train" else self.init
 
     def run(self, arm: str, seed: int) -> Path:
-        if arm == "baseline" and self.shared is not None:
+        if self.shared is None:
+            return self.root / "runs" / f"{arm}-s{seed}"
+        if arm == "baseline":
             return self._at(f"baseline-s{seed}", BASELINE_KEYS)
-        return self.root / "runs" / f"{arm}-s{seed}"
+        return self._at(f"markers-s{seed}", MARKER_KEYS)
 
 
 @contextmanager
@@ -299,7 +303,7 @@ def train_yaml(
         "weight_decay": 0.0,
         "max_length": 1024,
         "seed": seed,
-        "bf16": cuda,
+        "bf16": False,  # full precision on CPU and GPU alike: the same numbers wherever a sweep runs
         "use_cpu": not cuda,
         "activation_checkpointing": False,
         "save_strategy": "no",
@@ -396,7 +400,8 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Run (or finish) the experiment in `out`; returns {"config", "runs": {arm: {seed: scores}}, "timings"}.
 
-    `shared`: a folder for the stages that other experiments can reuse (data, init, base, baseline runs)."""
+    `shared`: a folder for the stages that other experiments can reuse (data, init, base, and every run, keyed by
+    the settings it depends on)."""
     paths = Paths(out, cfg, shared)
     paths.root.mkdir(parents=True, exist_ok=True)
     saved = paths.root / "experiment.json"
@@ -440,7 +445,7 @@ def run_experiment(
                 paths,
                 arm,
                 seed,
-                lock=paths.run(arm, seed) if arm == "baseline" and shared is not None else None,
+                lock=paths.run(arm, seed) if shared is not None else None,
             )
         if cfg.equal_tokens:
             # A third arm: the baseline trained on as many tokens as the marker arm read (more steps).

@@ -2,8 +2,9 @@
 
 A sweep file is an experiment config (the fields of `ExperimentConfig`) with an optional `grid:` mapping of field ->
 list of values; `--grid key=v1,v2` on the command line adds or replaces one axis. Every combination is a point,
-run as one experiment in `out/points/<name>/`; data, the untrained model, the shared base and baseline runs live in
-`out/shared/`, keyed by what they depend on, so points that differ only in the marker recipe reuse one baseline.
+run as one experiment in `out/points/<name>/`; data, the untrained model, the shared base and the runs live in
+`out/shared/` (or `--shared`), keyed by what they depend on: points that differ only in the marker recipe reuse one
+baseline, and sweeps that share the folder reuse each other's identical runs.
 Each point and each run inside it is skipped when done: an interrupted sweep continues where it stopped.
 """
 
@@ -101,7 +102,11 @@ def _run_point(point: Point, out: str, threads: int | None, shared: str) -> tupl
     from treasure.commands.demo import _quiet
 
     _quiet()
-    result = run_experiment(point.config, Path(out) / "points" / point.name, shared=Path(shared))
+    from treasure.suite.summary import write_report
+
+    folder = Path(out) / "points" / point.name
+    result = run_experiment(point.config, folder, shared=Path(shared))
+    write_report(result, folder, title=f"sweep point {point.name}")
     return point.name, result
 
 
@@ -170,6 +175,10 @@ def to_markdown(rows: list[dict[str, Any]], command: str) -> str:
         comp = s["compute"]
         tm, tb = comp["markers"]["train_tokens"]["mean"], comp["baseline"]["train_tokens"]["mean"]
         ratio = f"{tm / tb:.2f}x tokens" if tm and tb else "-"
+        if "equal_tokens" in r:
+            e = r["equal_tokens"]
+            ratio += (f"; vs a baseline at equal tokens: Δ all {fmt(e['overall']['delta_inferred'], signed=True)}, "
+                      f"Δ tail {fmt(e.get('tail', {}).get('delta_inferred'), signed=True)}")  # fmt: skip
         d = {
             k: fmt(r[k]["delta_inferred"], signed=True) if k in r else "-"
             for k in ("overall", "head", "tail", "repair")
