@@ -417,14 +417,14 @@ def run_experiment(
     say = on_stage or (lambda msg: None)
     timings = Timings()
 
-    def stage(name: str, fn, *args, lock: Path | None = None):
+    def stage(name: str, fn, *args, lock: Path | None = None, **kwargs):
         say(name)
         t0 = time.perf_counter()
         if lock is not None:
             with _locked(lock):
-                result = fn(*args)
+                result = fn(*args, **kwargs)
         else:
-            result = fn(*args)
+            result = fn(*args, **kwargs)
         timings.add(name.split(" ")[0], time.perf_counter() - t0)
         return result
 
