@@ -195,7 +195,8 @@ def summary_table(s: dict[str, Any]) -> list[str]:
         lines.append(f"| {names[key]} | {fmt(row['baseline'])} | {fmt(row['inferred'])} | {fmt(row['fixed'])} "
                      f"| {d} | {p.get(key, '')} |")  # fmt: skip
     if "tail_minus_head" in r:
-        lines.append(f"| tail lift minus head lift (inferred) | | | | {fmt(r['tail_minus_head']['delta_inferred'], signed=True)} "
+        lines.append(f"| tail Δ minus head Δ (inferred; read with the tail's level: a task near 0% cannot lose much) "
+                     f"| | | | {fmt(r['tail_minus_head']['delta_inferred'], signed=True)} "
                      f"| {p['tail_minus_head']} |")  # fmt: skip
     if "equal_tokens" in r:
         e = r["equal_tokens"]
