@@ -1,8 +1,9 @@
 """`treasure demo`: the whole method end to end on the bundled long-tail suite, on a laptop CPU.
 
-Builds the suite, annotates it with the normal pipeline, trains a shared base, then a baseline and a marker model
-per seed on identical records, order and steps, evaluates both and writes report.{md,json,png} with a summary
-table printed at the end. An interrupted demo continues where it stopped when run again with the same --out.
+Builds the suite, annotates it with the normal pipeline, fine-tunes a baseline and a marker model per seed from
+the bundled base model on identical records, order and steps, evaluates both and writes report.{md,json,png} with
+a summary table printed at the end. An interrupted demo continues where it stopped when run again with the same
+--out. Why the defaults are what they are: docs/findings.md.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import os
 import time
 from pathlib import Path
 
-# The default run: at most ~15 minutes on a 2-core laptop CPU (see docs/findings.md for why these values).
+# --quick: the plumbing in about a minute. The default run is ExperimentConfig's defaults: ~14 minutes on a 2-core
+# laptop CPU; docs/findings.md says why those values.
 QUICK = dict(n_train=600, n_test_per_task=6, steps=30, seeds=(0,))
 
 

@@ -278,7 +278,8 @@ def plot(s: dict[str, Any], path: str | Path) -> Path:
         sds = [(s["per_task"][t][key]["sd"] or 0) * 100 for t in tasks]
         ax.bar([x + (i - 1) * w for x in range(len(tasks))], means, w, yerr=sds, label=label, capsize=2)
     ax.set_xticks(range(len(tasks)))
-    ax.set_xticklabels([f"{t}\n{s['per_task'][t]['share'] * 100:.0f}%" for t in tasks], fontsize=7)
+    ax.set_xticklabels([f"{t} {s['per_task'][t]['share'] * 100:.0f}%" for t in tasks], fontsize=7, rotation=30,
+                       ha="right")  # fmt: skip
     ax.set_ylabel("accuracy %")
     ax.set_title("per task (share of training data below; tail: <5%)")
     ax.legend(fontsize=7)
