@@ -56,6 +56,27 @@ def test_test_sets_are_prefixes_and_never_trained_on():
     assert base[0]["id"].startswith("suite-base-")
 
 
+def test_base_insertions_carry_no_information():
+    from treasure.suite.experiment import insert_noise
+
+    recs = build_suite(SuiteConfig(n_train=400, n_test_per_task=1, seed=0), stream="base")[0]
+    noisy = insert_noise(recs, 12, 0)
+    assert noisy == insert_noise(recs, 12, 0) and len(noisy) == len(recs)
+    changed_q = changed_a = 0
+    for r, n in zip(recs, noisy, strict=True):
+        q, a = r["messages"][0]["content"], r["messages"][1]["content"]
+        nq, na = n["messages"][0]["content"], n["messages"][1]["content"]
+        assert nq.startswith(q) and na.endswith(a) and n["meta"] == r["meta"]
+        extra_q, extra_a = nq[len(q) :], na[: len(na) - len(a)]
+        assert extra_q in ("",) or (
+            extra_q[0] == " " and 1 <= len(extra_q.strip()) <= 12 and extra_q[1:].isalpha()
+        )
+        assert extra_a in ("",) or (extra_a.endswith("\n") and 1 <= len(extra_a) - 1 <= 12)
+        changed_q += bool(extra_q)
+        changed_a += bool(extra_a)
+    assert 150 < changed_q < 250 and 150 < changed_a < 250
+
+
 def test_suite_is_deterministic():
     a = build_suite(SuiteConfig(n_train=300, n_test_per_task=5, seed=1))
     b = build_suite(SuiteConfig(n_train=300, n_test_per_task=5, seed=1))

@@ -65,6 +65,9 @@ class ExperimentConfig:
     # ... and with base=train, its training on another draw of the suite (no markers)
     n_base: int = 50000
     base_steps: int = 5000
+    # with base=train: up to this many random letters inserted after half the questions and before half the
+    # answers of the base's records (0: none), so the base does not tie copying to one layout (docs/findings.md)
+    base_insertions: int = 0
     # fine-tuning, both arms
     steps: int = 500
     baseline_steps: int | None = None  # None: the same steps as the marker arm
@@ -120,7 +123,15 @@ class ExperimentConfig:
 # What each shared stage depends on: experiments that agree on these fields share that stage's result.
 DATA_KEYS = ("n_train", "n_test_per_task", "suite_seed")
 INIT_KEYS = (*DATA_KEYS, "base", "hidden_size", "num_hidden_layers", "num_attention_heads")
-BASE_KEYS = (*INIT_KEYS, "n_base", "base_steps", "base_learning_rate", "batch_size", "device")
+BASE_KEYS = (
+    *INIT_KEYS,
+    "n_base",
+    "base_steps",
+    "base_learning_rate",
+    "base_insertions",
+    "batch_size",
+    "device",
+)
 BASELINE_KEYS = (*BASE_KEYS, "steps", "baseline_steps", "learning_rate", "eval_batch_size")
 MARKER_KEYS = (*BASE_KEYS, "steps", "learning_rate", "eval_batch_size", "format", "placement", "dataset_dropout",
                "sample_dropout", "categories")  # fmt: skip
@@ -341,13 +352,39 @@ def stage_base(cfg: ExperimentConfig, paths: Paths) -> dict[str, Any] | None:
         return json.loads(done.read_text(encoding="utf-8"))
     base_file = paths.base.with_name(paths.base.name + ".jsonl")
     if not base_file.exists():
-        _write_jsonl(base_file, build_suite(SuiteConfig(cfg.n_base, 1, cfg.suite_seed), stream="base")[0])
+        records = build_suite(SuiteConfig(cfg.n_base, 1, cfg.suite_seed), stream="base")[0]
+        if cfg.base_insertions:
+            records = insert_noise(records, cfg.base_insertions, cfg.suite_seed)
+        _write_jsonl(base_file, records)
     config = train_yaml(cfg, model=paths.init, train_file=base_file, output_dir=paths.base,
                         mode="baseline", steps=cfg.base_steps, seed=cfg.suite_seed,
                         learning_rate=cfg.base_learning_rate)  # fmt: skip
     info = _train(config, paths.base)
     _write_json(done, info)
     return info
+
+
+def insert_noise(records: list[dict], max_len: int, seed: int) -> list[dict]:
+    """Random letters (1..max_len) after half the questions and, on their own line, before half the answers: text
+    that carries nothing, where marker blocks go, so the base learns to copy by content rather than position."""
+    import random
+
+    rng = random.Random(f"insertions:{seed}")
+
+    def noise() -> str:
+        return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(1, max_len)))
+
+    out = []
+    for r in records:
+        user, answer = r["messages"][0]["content"], r["messages"][-1]["content"]
+        if rng.random() < 0.5:
+            user = f"{user} {noise()}"
+        if rng.random() < 0.5:
+            answer = f"{noise()}\n{answer}"
+        out.append(
+            {**r, "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
+        )
+    return out
 
 
 def arm_steps(cfg: ExperimentConfig, arm: str) -> int:
