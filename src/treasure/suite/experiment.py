@@ -138,7 +138,9 @@ MARKER_KEYS = (*BASE_KEYS, "steps", "learning_rate", "eval_batch_size", "format"
 
 
 def _key(cfg: ExperimentConfig, keys: tuple[str, ...]) -> str:
-    blob = json.dumps({k: getattr(cfg, k) for k in keys}, sort_keys=True, default=list)
+    # base_insertions came later: left out at its default (0), so caches made before it keep their names
+    values = {k: getattr(cfg, k) for k in keys if not (k == "base_insertions" and not cfg.base_insertions)}
+    blob = json.dumps(values, sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
