@@ -446,6 +446,8 @@ def run_experiment(
     saved = paths.root / "experiment.json"
     if saved.exists():
         before = json.loads(saved.read_text(encoding="utf-8"))
+        defaults = ExperimentConfig().to_dict()  # settings added since that folder was made take their default
+        before = {**{k: v for k, v in defaults.items() if k not in before}, **before}
         if before != cfg.to_dict():
             changed = sorted(k for k in cfg.to_dict() if before.get(k) != cfg.to_dict()[k])
             raise ConfigError(
