@@ -33,9 +33,10 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="fine-tuning steps per arm")
     p.add_argument(
         "--base",
-        choices=("bundled", "train", "none"),
+        choices=("bundled-robust", "bundled", "train", "none"),
         default=None,
-        help="where both arms start: the packaged base (default), a base trained here, or from scratch",
+        help="where both arms start: the packaged layout-robust base (default), the packaged layout-tied one, "
+        "a base trained here (22 min), or from scratch (docs/findings.md)",
     )
     p.add_argument(
         "--build-base",
@@ -64,7 +65,7 @@ def _quiet() -> None:
 
 
 def build_config(args: argparse.Namespace):
-    from treasure.suite.experiment import ExperimentConfig
+    from treasure.suite.experiment import ROBUST_INSERTIONS, ExperimentConfig
 
     kw: dict = dict(QUICK) if args.quick else {}
     if args.seeds is not None:
@@ -73,6 +74,8 @@ def build_config(args: argparse.Namespace):
         kw["steps"] = args.steps
     if args.base is not None:
         kw["base"] = args.base
+        if args.base == "train":
+            kw["base_insertions"] = ROBUST_INSERTIONS  # as the default packaged base was made
     kw["device"] = args.device
     return ExperimentConfig(**kw)
 
@@ -90,9 +93,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{time.perf_counter() - start:6.0f}s] {msg}", flush=True)
 
     if args.build_base:
-        from treasure.suite.experiment import build_bundled_base
+        from treasure.suite.experiment import ROBUST_INSERTIONS, build_bundled_base
 
-        dest = build_bundled_base(ExperimentConfig(**{**cfg.to_dict(), "base": "train"}), out, args.build_base,
+        settings = {
+            **cfg.to_dict(),
+            "base": "train",
+            "base_insertions": cfg.base_insertions or ROBUST_INSERTIONS,
+        }
+        dest = build_bundled_base(ExperimentConfig(**settings), out, args.build_base,
                                   on_stage=say)  # fmt: skip
         print(f"base model: {dest} (copy it to src/treasure/assets/demo-base to ship it)")
         return 0

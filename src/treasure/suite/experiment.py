@@ -44,8 +44,12 @@ log = logging.getLogger(__name__)
 # vary in the annotated records and can be checked.
 DEMO_CATEGORIES = ("task", "domain", "format", "quality_bucket", "length_tokens")
 ARMS = ("baseline", "markers")
-BASES = ("bundled", "train", "none")
-BUNDLED_BASE = "demo-base"  # in treasure/assets
+# The packaged bases (folders in treasure/assets), both trained 5,000 steps on 50,000 other suite records without
+# markers: `bundled-robust` with random letters where blocks go (base_insertions 12), the demo's default since the
+# ablations (docs/findings.md); `bundled` without them, tied to one layout (the findings' sections 1-6 used it).
+BUNDLED = {"bundled-robust": "demo-base-robust", "bundled": "demo-base"}
+BASES = (*BUNDLED, "train", "none")
+ROBUST_INSERTIONS = 12
 
 
 @dataclass
@@ -56,8 +60,8 @@ class ExperimentConfig:
     n_train: int = 6000
     n_test_per_task: int = 60
     suite_seed: int = 0
-    # where the arms start: bundled | train | none (see the module docstring)
-    base: str = "bundled"
+    # where the arms start: bundled-robust | bundled | train | none (see the module docstring)
+    base: str = "bundled-robust"
     # with base=train or none: the model, a Llama over byte tokens (train/tiny.py char_tokenizer) ...
     hidden_size: int = 128
     num_hidden_layers: int = 3
@@ -98,7 +102,7 @@ class ExperimentConfig:
             raise ConfigError(f"base: {self.base!r} is not one of {', '.join(BASES)}")
         if self.base == "train" and (self.n_base <= 0 or self.base_steps <= 0):
             raise ConfigError("n_base and base_steps: must be positive with base=train")
-        if self.base == "bundled" and self.suite_seed != 0:
+        if self.base in BUNDLED and self.suite_seed != 0:
             raise ConfigError(
                 "suite_seed: the bundled base was trained on the draw of suite seed 0 (it never saw "
                 "that seed's test items); use base: train for another seed"
@@ -168,8 +172,8 @@ class Paths:
     @property
     def start(self) -> Path:
         """The model both arms are fine-tuned from."""
-        if self.cfg.base == "bundled":
-            return bundled_base()
+        if self.cfg.base in BUNDLED:
+            return bundled_base(self.cfg.base)
         return self.base if self.cfg.base == "train" else self.init
 
     def run(self, arm: str, seed: int) -> Path:
@@ -219,13 +223,13 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def bundled_base() -> Path:
-    """The packaged base model's folder (a plain Hugging Face model folder)."""
+def bundled_base(name: str = "bundled-robust") -> Path:
+    """A packaged base model's folder (a plain Hugging Face model folder)."""
     from importlib import resources
 
-    path = Path(str(resources.files("treasure.assets").joinpath(BUNDLED_BASE)))
+    path = Path(str(resources.files("treasure.assets").joinpath(BUNDLED[name])))
     if not (path / "config.json").is_file():
-        raise ConfigError(f"base: bundled: {path} is missing (rebuild it with `treasure demo --build-base`)")
+        raise ConfigError(f"base: {name}: {path} is missing (rebuild it with `treasure demo --build-base`)")
     return path
 
 
@@ -446,7 +450,9 @@ def run_experiment(
     saved = paths.root / "experiment.json"
     if saved.exists():
         before = json.loads(saved.read_text(encoding="utf-8"))
-        defaults = ExperimentConfig().to_dict()  # settings added since that folder was made take their default
+        defaults = (
+            ExperimentConfig().to_dict()
+        )  # settings added since that folder was made take their default
         before = {**{k: v for k, v in defaults.items() if k not in before}, **before}
         if before != cfg.to_dict():
             changed = sorted(k for k in cfg.to_dict() if before.get(k) != cfg.to_dict()[k])
@@ -470,7 +476,7 @@ def run_experiment(
         return result
 
     stage("data: build the suite and annotate it", stage_data, cfg, paths, lock=paths.data)
-    if cfg.base != "bundled":
+    if cfg.base not in BUNDLED:
         stage("init: build the untrained model", stage_init, cfg, paths, lock=paths.init)
     if cfg.base == "train":
         stage(
@@ -527,12 +533,13 @@ def build_bundled_base(cfg: ExperimentConfig, work: str | Path, dest: str | Path
         if (paths.base / name).is_file():
             shutil.copyfile(paths.base / name, dest / name)
     keys = ("n_base", "suite_seed", "hidden_size", "num_hidden_layers", "num_attention_heads", "base_steps",
-            "batch_size", "base_learning_rate")  # fmt: skip
+            "batch_size", "base_learning_rate", "base_insertions")  # fmt: skip
     lines = [
         "# The demo's base model",
         "",
         "A Llama over byte tokens, trained without markers on a draw of the bundled suite (stream `base` of suite",
         "seed 0; no prompt of the first 200 test items of any task), by `treasure demo --build-base` with:",
+        "(base_insertions: up to that many random letters after half the questions and before half the answers)",
         "",
         *(f"- {k}: {getattr(cfg, k)}" for k in keys),
         f"- train loss {info['metrics'].get('train_loss', float('nan')):.4f}; {info['seconds']:.0f} s on the build "

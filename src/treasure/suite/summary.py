@@ -221,12 +221,13 @@ def summary_table(s: dict[str, Any]) -> list[str]:
 def to_markdown(result: dict[str, Any], s: dict[str, Any], title: str = "treasure demo") -> str:
     cfg = result["config"]
     out = [f"# {title}", ""]
-    start = {"bundled": "the bundled base model (src/treasure/assets/demo-base)",
+    start = {"bundled-robust": "the bundled layout-robust base model (src/treasure/assets/demo-base-robust)",
+             "bundled": "the bundled layout-tied base model (src/treasure/assets/demo-base)",
              "train": f"a base trained here ({cfg['base_steps']} steps on {cfg['n_base']} other suite records)",
-             "none": "scratch (untrained)"}[cfg.get("base", "bundled")]  # fmt: skip
+             "none": "scratch (untrained)"}[cfg.get("base", "bundled-robust")]  # fmt: skip
     arch = (
         ""
-        if cfg.get("base") == "bundled"
+        if cfg.get("base", "").startswith("bundled")
         else f" (Llama {cfg['num_hidden_layers']} x {cfg['hidden_size']} over bytes)"
     )
     out += [f"Seeds {', '.join(map(str, s['seeds']))}; {cfg['n_train']} training records; "
