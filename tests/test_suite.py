@@ -193,7 +193,9 @@ def test_demo_quick_end_to_end(tmp_path):
         assert _sane(s["rows"]["length"][col]) and s["rows"]["length"][col]["mean"] is not None
     for col in ("baseline", "inferred", "quality_1", "quality_4"):
         assert _sane(s["rows"]["quality"][col]) and s["rows"]["quality"][col]["mean"] is not None
-    assert {"task", "domain", "format"} <= set(s["markers"])  # test items carry no rating, so no quality_bucket
+    assert {"task", "domain", "format"} <= set(
+        s["markers"]
+    )  # test items carry no rating, so no quality_bucket
     assert all(_sane(m) for m in s["markers"].values() if m["metric"] == "accuracy")
     assert s["head"] and s["tail"] and "repair" in s["tail"]
     # both arms trained the same steps on the same records; the marker arm read more tokens (its blocks)
