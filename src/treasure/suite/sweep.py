@@ -53,17 +53,10 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
 def load_sweep(path: str | Path, grid_args: Sequence[str] = (), overrides: dict[str, Any] | None = None
                ) -> tuple[dict[str, Any], dict[str, list[Any]]]:  # fmt: skip
     """(base experiment fields, grid) from a sweep YAML plus command-line axes."""
-    import yaml
+    from treasure.train.config import yaml_mapping
 
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of experiment settings")
+    data, _ = yaml_mapping(path)
     grid = data.pop("grid", None) or {}
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise ConfigError(f"{path}: grid: expected a mapping of setting -> non-empty list of values")

@@ -114,7 +114,7 @@ def _parser() -> _Parser:
     return _Parser((TreasureSFTConfig, ModelConfig), allow_abbrev=False)
 
 
-def _yaml_mapping(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+def yaml_mapping(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     """The YAML's top-level mapping and the line of each key."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -176,7 +176,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), *, check_files:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
-    data, lines = _yaml_mapping(path)
+    data, lines = yaml_mapping(path)
     parser = _parser()
     known = {a.dest for a in parser._actions}
     for key in data:
