@@ -71,6 +71,20 @@ def compact_tokens(taxonomy: Taxonomy) -> list[str]:
     return tokens
 
 
+def marker_syntax(taxonomy: Taxonomy) -> list[str]:
+    """Every string that reads as marker syntax for `taxonomy`: both formats' delimiters and every compact marker
+    token. None of them may appear in a response (generate.guard keeps them out; `find_marker_syntax` finds them)."""
+    return [PAPER_OPEN, PAPER_CLOSE, *compact_tokens(taxonomy)]
+
+
+def find_marker_syntax(text: str, taxonomy: Taxonomy) -> int:
+    """The offset of the first marker string (`marker_syntax`) in `text`, or -1 when it holds none."""
+    if "<" not in text:
+        return -1
+    hits = [i for s in marker_syntax(taxonomy) if (i := text.find(s)) >= 0]
+    return min(hits, default=-1)
+
+
 @dataclass
 class ParsedBlock:
     """What `parse_block` found. `markers` holds only valid, canonical values; `problems` says what was not valid."""

@@ -11,7 +11,8 @@ tokens where it must) allows only:
   leading zero, and for floats a point and exactly two decimals;
 - every fixed marker with exactly its value (the model still chooses freely whether and how to write the others).
 
-After the block the row is free: its scores pass through untouched.
+After the block the row's scores pass through untouched here; generate.guard keeps marker syntax out of the
+response that follows.
 
 Canonical tokenization. The machine walks the ids the model was trained on, i.e. how `render_block`'s text
 tokenizes in context. Each piece (the opener, one ``<cat> value </cat>`` segment, the closer together with the
@@ -526,6 +527,7 @@ class MarkerLogitsProcessor(LogitsProcessor):
         self._limit = [False] * batch
         self._closed = [False] * batch
         self._active = list(range(batch))
+        self._active_set = set(self._active)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         width = input_ids.shape[1]
@@ -548,6 +550,10 @@ class MarkerLogitsProcessor(LogitsProcessor):
         self._last = input_ids[:, -1].clone() if width > 0 else None
         return self._mask(scores)
 
+    def in_block(self, row: int) -> bool:
+        """Whether `row` is still writing its block (after this step's call); a closed or freed row is not."""
+        return self._width is not None and row in self._active_set
+
     def _advance(self, tokens: list[int]) -> None:
         still = []
         for b in self._active:
@@ -567,6 +573,7 @@ class MarkerLogitsProcessor(LogitsProcessor):
             self._nodes[b] = node
             still.append(b)
         self._active = still
+        self._active_set = set(still)
 
     def _mask(self, scores: torch.Tensor) -> torch.Tensor:
         # Start from -inf and copy back only the allowed scores: a gather and a scatter of the allowed ids, never a
@@ -627,6 +634,17 @@ _CACHE: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictiona
 _CACHE_LOCK = threading.Lock()
 
 
+def token_texts(tokenizer: Any) -> list[str]:
+    """The text of every id as it reads inside a text, computed once per tokenizer and vocabulary size."""
+    key = ("texts", len(tokenizer))
+    with _CACHE_LOCK:
+        per_tokenizer = _CACHE.setdefault(tokenizer, {})
+        texts = per_tokenizer.get(key)
+        if texts is None:
+            texts = per_tokenizer[key] = _token_texts(tokenizer)
+    return texts
+
+
 def _token_texts(tokenizer: Any) -> list[str]:
     """The text of every id as it reads inside a text (decoded after an anchor, so leading spaces survive)."""
     anchor = tokenizer.encode("a", add_special_tokens=False)[:1]
@@ -650,16 +668,12 @@ def _machine_for(
     prompt_end: str,
 ) -> _Machine:
     key = (taxonomy.fingerprint(), fmt, categories, max_number_digits, prompt_end, len(tokenizer))
+    texts = token_texts(tokenizer)
     with _CACHE_LOCK:
         per_tokenizer = _CACHE.setdefault(tokenizer, {})
         machine = per_tokenizer.get(key)
         if machine is None:
-            texts_key = ("texts", len(tokenizer))
-            if texts_key not in per_tokenizer:
-                per_tokenizer[texts_key] = _token_texts(tokenizer)
-            machine = _Machine(
-                tokenizer, per_tokenizer[texts_key], taxonomy, fmt, categories, max_number_digits, prompt_end
-            )
+            machine = _Machine(tokenizer, texts, taxonomy, fmt, categories, max_number_digits, prompt_end)
             machine.verify()
             per_tokenizer[key] = machine
     return machine

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from treasure.errors import TaxonomyError, TreasureError
-from treasure.markers import merge_markers
+from treasure.markers import find_marker_syntax, marker_syntax, merge_markers
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ class Generation:
     block_closed: bool = True  # the completion's block was complete (always True for bundles without one)
     block_forced: bool = False  # the length budget had to steer the block closed
     problems: list[str] = field(default_factory=list)  # what the parser rejected in an unconstrained block
+    # marker syntax followed the block (only possible unconstrained): the response was cut where it began
+    cut: bool = False
     raw: str = ""  # the whole completion: block + separator + response
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -82,6 +84,14 @@ class Generator:
             self.constraint = MarkerConstraint(
                 self.tokenizer, self.taxonomy, cfg.format, max_block_tokens=max_block_tokens
             )
+        # Every marker string of the run's taxonomy: never part of a response (guard.py keeps them out when
+        # constrained; unconstrained, a response is cut where one begins).
+        self._syntax = marker_syntax(bundle.taxonomy) if self.uses_markers else []
+        self._guard = None
+        if constrained and self.uses_markers:
+            from treasure.generate.guard import tables_for
+
+            self._guard = tables_for(self.tokenizer, self._syntax)
         self._onthefly = list(onthefly_annotators) if onthefly_annotators is not None else None
         self._stop_ids = self._end_of_turn_ids()
         self._lock = threading.Lock()  # one generate at a time per model (the server's threads share it)
@@ -154,14 +164,39 @@ class Generator:
 
     # ------------------------------------------------------------------------------------------- generation
 
-    def _processor(self, fixed: list[dict], max_new_tokens: int):
-        """A fresh block constraint for one generate call. Its budget never exceeds `max_new_tokens`, so a short
-        generation still closes its block (the response is then cut, not the block)."""
-        if self.constraint is None:
-            return None
-        budget = self.constraint.max_block_tokens
-        budget = max_new_tokens if budget is None else min(budget, max_new_tokens)
-        return self.constraint.logits_processor(fixed, max_block_tokens=budget)
+    def _processors(self, fixed: list[dict], max_new_tokens: int):
+        """(block constraint or None, the logits processors) for one generate call: the block constraint, then the
+        guard that keeps marker syntax out of the response. The block's budget never exceeds `max_new_tokens`, so
+        a short generation still closes its block (the response is then cut, not the block)."""
+        from transformers import LogitsProcessorList
+
+        block = None
+        if self.constraint is not None:
+            budget = self.constraint.max_block_tokens
+            budget = max_new_tokens if budget is None else min(budget, max_new_tokens)
+            block = self.constraint.logits_processor(fixed, max_block_tokens=budget)
+        processors = LogitsProcessorList([block] if block else [])
+        if self._guard is not None:
+            from treasure.generate.constrain import token_texts
+            from treasure.generate.guard import MarkerSyntaxGuard
+
+            texts = token_texts(self.tokenizer)
+            processors.append(MarkerSyntaxGuard(self._guard, texts, block.in_block if block else None))
+        return block, processors
+
+    def _clean(self, response: str, *, partial: bool = False) -> tuple[str, bool]:
+        """(response without marker syntax, whether it was cut). A partial response also holds back a trailing
+        piece that may still become marker syntax, so streamed pieces never have to be taken back."""
+        if not self._syntax:
+            return response, False
+        cut = find_marker_syntax(response, self.bundle.taxonomy)
+        if cut >= 0:
+            return response[:cut], True
+        if partial:
+            lt = response.rfind("<")
+            if lt >= 0 and any(s.startswith(response[lt:]) for s in self._syntax):
+                return response[:lt], False
+        return response, False
 
     def _generate_kwargs(
         self, max_new_tokens: int, temperature: float, top_p: float, min_new_tokens: int = 0
@@ -198,9 +233,16 @@ class Generator:
 
     def _result(self, raw: str, fixed: dict, mode: str, block: Any, n_prompt: int, n_new: int, reason: str):
         if not self.writes_block:
-            return Generation(raw, dict(fixed), dict(fixed), {}, mode, raw=raw, prompt_tokens=n_prompt,
-                              completion_tokens=n_new, finish_reason=reason)  # fmt: skip
+            text, cut = self._clean(raw)
+            problems = ["marker syntax in the response: cut where it began"] if cut else []
+            return Generation(text, dict(fixed), dict(fixed), {}, mode, raw=raw, prompt_tokens=n_prompt,
+                              completion_tokens=n_new, finish_reason=reason, cut=cut,
+                              problems=problems)  # fmt: skip
         parsed, response = self.bundle.split_completion(raw)
+        response, cut = self._clean(response)
+        problems = list(parsed.problems)
+        if cut:
+            problems.append("marker syntax after the block: the response was cut where it began")
         inferred = {k: v for k, v in parsed.markers.items() if k not in fixed}
         markers = self.taxonomy.validate_markers(merge_markers(fixed, parsed.markers))
         return Generation(
@@ -211,7 +253,8 @@ class Generator:
             mode=mode,
             block_closed=parsed.complete,
             block_forced=bool(block and block.forced),
-            problems=list(parsed.problems),
+            problems=problems,
+            cut=cut,
             raw=raw,
             prompt_tokens=n_prompt,
             completion_tokens=n_new,
@@ -238,7 +281,6 @@ class Generator:
         the length of a generation).
         """
         import torch
-        from transformers import LogitsProcessorList
 
         markers = list(markers) if markers is not None else [None] * len(conversations)
         if len(markers) != len(conversations):
@@ -255,14 +297,12 @@ class Generator:
                     [p for p, _ in chunk], return_tensors="pt", padding=True, add_special_tokens=False
                 )
             enc = {k: v.to(self.model.device) for k, v in enc.items()}
-            processor = self._processor([f for _, f in chunk], max_new_tokens)
+            processor, processors = self._processors([f for _, f in chunk], max_new_tokens)
             kw = self._generate_kwargs(max_new_tokens, temperature, top_p, min_new_tokens)
             with self._lock, torch.inference_mode():
                 if seed is not None:
                     torch.manual_seed(seed + start)
-                out = self.model.generate(
-                    **enc, logits_processor=LogitsProcessorList([processor] if processor else []), **kw
-                )
+                out = self.model.generate(**enc, logits_processor=processors, **kw)
             blocks = processor.results(out) if processor else [None] * len(chunk)
             width = enc["input_ids"].shape[1]
             for row, (plan, block) in enumerate(zip(chunk, blocks, strict=True)):
@@ -296,7 +336,6 @@ class Generator:
         The pieces join to exactly `Generation.text` of the same call without streaming.
         """
         import torch
-        from transformers import LogitsProcessorList
         from transformers.generation.streamers import BaseStreamer
 
         mode = mode or ("fixed" if markers else "inferred")
@@ -305,7 +344,7 @@ class Generator:
             enc = self.tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
         enc = {k: v.to(self.model.device) for k, v in enc.items()}
         width = enc["input_ids"].shape[1]
-        processor = self._processor([fixed], max_new_tokens)
+        processor, processors = self._processors([fixed], max_new_tokens)
         gen_kw = self._generate_kwargs(max_new_tokens, temperature, top_p, min_new_tokens)
         ids_q: queue.Queue = queue.Queue()
 
@@ -330,7 +369,7 @@ class Generator:
                         torch.manual_seed(seed)
                     box["out"] = self.model.generate(
                         **enc, streamer=_Ids(),
-                        logits_processor=LogitsProcessorList([processor] if processor else []),
+                        logits_processor=processors,
                         **gen_kw,
                     )  # fmt: skip
             except BaseException as e:  # surfaced to the caller below
@@ -368,7 +407,7 @@ class Generator:
     def _visible(self, raw: str) -> str | None:
         """The response part of a partial completion, or None while the block is still being written."""
         if not self.writes_block:
-            return raw
+            return self._clean(raw, partial=True)[0]
         parsed, response = self.bundle.split_completion(raw)
         if parsed.found and not parsed.complete:
             return None
@@ -376,4 +415,4 @@ class Generator:
             opener = "<MARKER_LIST>" if self.config.format == "paper" else "<|markers|>"
             if opener.startswith(raw.lstrip()):  # may still become a block
                 return None
-        return response
+        return self._clean(response, partial=True)[0]
