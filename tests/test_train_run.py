@@ -178,6 +178,46 @@ def test_lora_trains_the_new_token_rows_and_exports_a_plain_checkpoint(tmp_path,
     assert "<|markers|><|task=Rewrite|><|/markers|>" in exported.prompt(USER, {"task": "Rewrite"})
 
 
+def test_lora_bundle_of_a_local_base_saves_the_adapter_and_marker_rows_only(tmp_path, paper):
+    """A base model in a local folder is what makes PEFT's "auto" save the whole resized embedding matrix (it
+    compares the vocabulary with the folder's config): the bundle must hold only the adapter and the new rows,
+    and still load, and export, to the trained model."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    tok = tiny_tokenizer()
+    base_dir = tmp_path / "base"
+    tiny_llama(tok).save_pretrained(base_dir)
+    tok.save_pretrained(base_dir)
+    cfg = tiny_config(
+        tmp_path,
+        model_name_or_path=str(base_dir),
+        use_peft=True,
+        lora_r=4,
+        lora_alpha=8,
+        lora_target_modules=["q_proj", "v_proj"],
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+    )
+    result = train(load_config(cfg))
+    run_dir = result.output_dir
+    for folder in (run_dir, run_dir / "checkpoint-2"):
+        with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
+            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}  # noqa: SIM118
+        assert not any(shape[0] >= 50259 for shape in shapes.values()), shapes  # no vocabulary-sized matrix
+        deltas = [k for k in shapes if "trainable_tokens_delta" in k]
+        assert deltas and all(shapes[k][0] == len(compact_tokens(paper)) for k in deltas)
+    bundle = load_bundle(run_dir)
+    trained = bundle.model.state_dict()
+    emb = "model.embed_tokens.weight"
+    assert trained[emb].shape[0] == len(bundle.tokenizer)
+    assert not torch.equal(trained[emb][50259:], _initial_compact_model(paper)[emb][50259:])
+    assert main(["export", str(run_dir), str(tmp_path / "merged")]) == 0
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").state_dict()
+    assert all(torch.equal(plain[k], trained[k]) for k in trained)
+
+
 def test_resume_skips_a_checkpoint_cut_short(tmp_path):
     from treasure.train.trainer import last_checkpoint
 

@@ -10,7 +10,7 @@ No Trainer subclass: the marker recipe lives in the dataset (render.py, data.py)
   ``num_train_epochs`` (or ``max_steps``) keeps its meaning; "epoch" save/eval/logging strategies become "steps"
   with one epoch's worth of steps. The ``epoch`` TRL logs is the fraction of that single pass.
 - With LoRA and the compact format, the new token rows are trained through PEFT's ``trainable_token_indices``
-  (embeddings, and the LM head when it is not tied to them).
+  (embeddings, and the LM head when it is not tied to them), and the bundle saves the adapter and those rows only.
 """
 
 from __future__ import annotations
@@ -182,6 +182,27 @@ def _expose_lm_head_bias(model: Any) -> None:
         object.__setattr__(head, "bias", getattr(adapter.base_layer, "bias", None))
 
 
+def _save_adapter_only(model: Any, marker_token_ids: list[int]) -> None:
+    """Save a LoRA run as the adapter plus the marker rows, never the whole embedding matrix.
+
+    PEFT's ``save_embedding_layers="auto"`` saves the full (resized) embedding and LM head whenever the vocabulary
+    grew (247 MB for SmolLM2's 49k x 576 rows, tied), although ``trainable_token_indices`` already stores every new
+    row (PEFT writes them with ``index_copy``, so the base rows they replace never matter on loading). The Trainer
+    calls ``model.save_pretrained`` for the final save and every checkpoint, so the flag is bound on this one
+    instance.
+    """
+    import functools
+
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel) or not marker_token_ids:
+        return
+    config = model.peft_config[model.active_adapter]
+    if getattr(config, "trainable_token_indices", None) is None:
+        return
+    model.save_pretrained = functools.partial(type(model).save_pretrained, model, save_embedding_layers=False)
+
+
 def build_trainer(
     run: RunConfig, prep: Prepared, callbacks: list[TrainerCallback] | None = None
 ) -> SFTTrainer:
@@ -198,6 +219,7 @@ def build_trainer(
         callbacks=callbacks,
     )
     _expose_lm_head_bias(trainer.model)
+    _save_adapter_only(trainer.model, prep.marker_token_ids)
     return trainer
 
 
