@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def register(sub) -> None:
@@ -13,6 +14,9 @@ def register(sub) -> None:
         "annotate", help="fill markers: length, format, language, code, domain, task, quality, ..."
     )
     p.add_argument("input", help="JSONL, JSON, Parquet or a saved HF dataset folder")
+    p.add_argument("--from", dest="input_format", choices=["records", "oasst"], default="records",
+                   help="records: the formats above; oasst: OpenAssistant messages or trees, one record per "
+                   "assistant reply with the human quality label as `quality` (see treasure/oasst.py)")  # fmt: skip
     p.add_argument(
         "-o", "--output", default=None, help="output .jsonl or .parquet (required unless --explain)"
     )
@@ -143,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
     from treasure.errors import TreasureError
 
     opts = _options(args)
+    if args.explain is not None and args.input_format != "records":
+        raise TreasureError("--explain reads an annotated file; drop --from")
     if args.explain is not None:
         from treasure.annotate.explain import explain, format_explanation
 
@@ -153,10 +159,17 @@ def run(args: argparse.Namespace) -> int:
         raise TreasureError("-o/--output is required (unless --explain)")
     from treasure.annotate.pipeline import run_annotate
 
+    in_path, given = args.input, set()
+    if args.input_format == "oasst":
+        in_path, given = _convert_oasst(args.input, args.output)
     num_proc = args.num_proc if args.num_proc is not None else (None if args.engine == "ray" else 1)
-    summary = run_annotate(args.input, args.output, opts, rejects_path=args.rejects, num_proc=num_proc,
+    summary = run_annotate(in_path, args.output, opts, rejects_path=args.rejects, num_proc=num_proc,
                            engine=args.engine, ray_address=args.ray_address, shard_size=args.shard_size)  # fmt: skip
+    if in_path != args.input:
+        Path(in_path).unlink()
     for cat, why in summary.not_annotated.items():
+        if cat in given:  # every record brought it: nothing was left out
+            continue
         print(f"note: {cat} not annotated: {why}", file=sys.stderr)
     if summary.noted:
         print(f"note: {summary.noted} records have markers left Unspecified or out, with the reason in "
@@ -164,3 +177,17 @@ def run(args: argparse.Namespace) -> int:
     rejects = f" (rejects: {args.rejects or args.output + '.rejects.jsonl'})" if summary.rejected else ""
     print(f"annotate: {summary.line()}{rejects} -> {args.output}")
     return 0
+
+
+def _convert_oasst(path: str, output: str) -> tuple[str, set[str]]:
+    """Write the oasst file's records next to the output, where a resumed run finds the same bytes again.
+    Returns that file and the markers every record carries (no annotator is needed for them)."""
+    from treasure.oasst import convert_oasst
+    from treasure.records import write_records
+
+    conv = convert_oasst(path)
+    print(f"oasst: {conv.summary()}", file=sys.stderr)
+    converted = Path(output).with_name(Path(output).name + ".oasst.jsonl")
+    write_records(converted, conv.records)
+    given = set.intersection(*(set(r["markers"]) for r in conv.records)) if conv.records else set()
+    return str(converted), given
