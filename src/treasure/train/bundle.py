@@ -134,14 +134,16 @@ def _load_base(name: str, tokenizer: PreTrainedTokenizerBase, dtype: Any) -> Pre
     """The model a LoRA bundle was trained from, grown to the bundle's vocabulary."""
     from transformers import AutoModelForCausalLM
 
+    from treasure.model_source import resolve_model
     from treasure.train.tiny import is_tiny, tiny_llama, tiny_tokenizer
 
     if is_tiny(name):
         model = tiny_llama(tiny_tokenizer())
     else:
         try:
-            model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
-        except OSError as e:
+            # treasure.json keeps the name the run was given (a GGUF file, an alias): resolve it here
+            model = AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=dtype)
+        except (OSError, ValueError, TreasureError) as e:
             msg = " ".join(str(e).split())[:300]
             raise TreasureError(f"cannot load the base model {name!r} of this LoRA bundle ({msg})") from None
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
@@ -191,6 +193,50 @@ def load_bundle(
         else:
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     return Bundle(path, model, tokenizer, taxonomy, markers, stats, info)
+
+
+def load_plain_model(name: str, *, load_model: bool = True, dtype: Any = "auto") -> Bundle:
+    """A model that is not a bundle (the default model's alias, a GGUF file, a Hugging Face folder, a hub id,
+    tiny-llama) as a Bundle without markers (mode baseline), so the untuned model can be generated from and served.
+
+    `path` is the folder the model was loaded from (the converted one for a GGUF file or an alias), and
+    `info["base_model"]` the name as given.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from treasure.model_source import resolve_model
+    from treasure.train.config import looks_local
+    from treasure.train.tiny import is_tiny, tiny_llama, tiny_tokenizer
+
+    if is_tiny(name):
+        source, tokenizer = name, tiny_tokenizer()
+        model = tiny_llama(tokenizer) if load_model else None
+    else:
+        source = resolve_model(name)
+        if looks_local(source) and not Path(source).expanduser().is_dir():
+            raise TreasureError(f"{name}: no such folder")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype) if load_model else None
+        except (OSError, ValueError) as e:
+            msg = " ".join(str(e).split())[:300]
+            raise TreasureError(
+                f"{name}: not a treasure bundle (no {INFO_FILE}) nor a model to load ({msg})"
+            ) from None
+    if not tokenizer.chat_template:
+        raise TreasureError(
+            f"{name}: the tokenizer has no chat template, so a conversation cannot be prompted"
+        )
+    info = {"mode": "baseline", "base_model": name, "source": source, "adapter": False, "plain_model": True}
+    markers = MarkerConfig.from_dict({"mode": "baseline"})
+    return Bundle(Path(source), model, tokenizer, load_taxonomy("paper"), markers, {}, info)
+
+
+def load_any(name: str | Path, *, load_model: bool = True, dtype: Any = "auto") -> Bundle:
+    """A bundle (a folder with treasure.json) through `load_bundle`, any other model through `load_plain_model`."""
+    if (Path(name).expanduser() / INFO_FILE).is_file():
+        return load_bundle(Path(name).expanduser(), load_model=load_model, dtype=dtype)
+    return load_plain_model(str(name), load_model=load_model, dtype=dtype)
 
 
 def export_bundle(src: str | Path, dst: str | Path) -> Path:

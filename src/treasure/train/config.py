@@ -22,6 +22,7 @@ import yaml
 from trl import ModelConfig, SFTConfig, TrlParser
 
 from treasure.errors import ConfigError
+from treasure.model_source import check_model, is_alias, is_gguf
 from treasure.taxonomy import Taxonomy, load_taxonomy
 from treasure.train.marker_config import MarkerConfig
 from treasure.train.tiny import is_tiny
@@ -236,8 +237,15 @@ def check_paths(run: RunConfig) -> None:
             raise ConfigError(f"{key}: {value}: no such file or directory")
     name = run.model.model_name_or_path
     if not name:
-        raise ConfigError("model_name_or_path: missing (a hub id, a local folder, or tiny-llama)")
-    if not is_tiny(name) and looks_local(name) and not Path(os.path.expanduser(name)).is_dir():
+        raise ConfigError(
+            "model_name_or_path: missing (a hub id, a local folder, a .gguf file, smollm2-135m-instruct or tiny-llama)"
+        )
+    if is_gguf(name) or is_alias(name):
+        try:
+            check_model(name)  # the file or the wheel is there; converting waits until the model is loaded
+        except ConfigError as e:
+            raise ConfigError(f"model_name_or_path: {e}") from None
+    elif not is_tiny(name) and looks_local(name) and not Path(os.path.expanduser(name)).is_dir():
         raise ConfigError(f"model_name_or_path: {name}: no such directory")
     if (
         args.chat_template_path

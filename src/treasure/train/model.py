@@ -1,4 +1,5 @@
-"""Load the model and tokenizer a run names: `tiny-llama`, a local folder, or a hub id; and its chat template.
+"""Load the model and tokenizer a run names: `tiny-llama`, a local folder, a hub id, a GGUF file or the default
+model's alias (treasure.model_source turns the last two into a cached folder); and its chat template.
 
 Model loading follows TRL's `sft.py` script (dtype, attention implementation, quantisation from `ModelConfig`),
 through TRL's own `create_model_from_path`, so a config behaves as it would with `trl sft`. The model is loaded here
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from treasure.errors import ConfigError
+from treasure.model_source import resolve_model
 from treasure.train.chat_template import original_chat_template
 from treasure.train.config import looks_local
 from treasure.train.tiny import is_tiny, tiny_llama, tiny_tokenizer
@@ -33,19 +35,28 @@ def _brief(e: Exception, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _resolve(name: str) -> str:
+    """The folder or hub id transformers loads for `name` (a GGUF file or an alias is converted once)."""
+    try:
+        return resolve_model(name)
+    except ConfigError as e:
+        raise ConfigError(f"model_name_or_path: {e}") from None
+
+
 def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code: bool = False):
     """The tokenizer of `name`; a ConfigError naming `model_name_or_path` when it cannot be loaded."""
     if is_tiny(name):
         return tiny_tokenizer()
-    if looks_local(name) and not Path(os.path.expanduser(name)).is_dir():
+    source = _resolve(name)
+    if looks_local(source) and not Path(os.path.expanduser(source)).is_dir():
         raise ConfigError(f"model_name_or_path: {name}: no such directory")
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise ConfigError(
-            f"model_name_or_path: cannot load a tokenizer for {name!r} from {_where(name)} ({_brief(e)})"
+            f"model_name_or_path: cannot load a tokenizer for {name!r} from {_where(source)} ({_brief(e)})"
         ) from None
 
 
@@ -54,7 +65,9 @@ def load_model_and_tokenizer(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     name = model_args.model_name_or_path
     if not name:
-        raise ConfigError("model_name_or_path: missing (a hub id, a local folder, or tiny-llama)")
+        raise ConfigError(
+            "model_name_or_path: missing (a hub id, a local folder, a .gguf file, smollm2-135m-instruct or tiny-llama)"
+        )
     tokenizer = load_tokenizer(
         name, revision=model_args.model_revision, trust_remote_code=args.trust_remote_code
     )
@@ -64,6 +77,7 @@ def load_model_and_tokenizer(
     from trl import get_quantization_config
     from trl.trainer.utils import create_model_from_path
 
+    source = _resolve(name)  # converted by load_tokenizer already: a lookup in the cache
     kwargs = dict(
         revision=model_args.model_revision,
         trust_remote_code=args.trust_remote_code,
@@ -78,10 +92,10 @@ def load_model_and_tokenizer(
     elif args.world_size > 1:
         kwargs["device_map"] = None  # each process holds its own copy (DDP) or shard (FSDP/DeepSpeed)
     try:
-        model = create_model_from_path(name, **kwargs)
+        model = create_model_from_path(source, **kwargs)
     except (OSError, ValueError) as e:
         raise ConfigError(
-            f"model_name_or_path: cannot load {name!r} from {_where(name)} ({_brief(e)})"
+            f"model_name_or_path: cannot load {name!r} from {_where(source)} ({_brief(e)})"
         ) from None
     return model, tokenizer
 
