@@ -176,7 +176,7 @@ def _sane(cell):
 def test_demo_quick_end_to_end(tmp_path):
     """`treasure demo --quick` from nothing to a report with every section; a second run resumes (no training)."""
     out = tmp_path / "demo"
-    run = treasure("demo", "--quick", "--out", out)
+    run = treasure("demo", "--suite", "--quick", "--out", out)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "| comparison | baseline | markers, inferred" in run.stdout and "report:" in run.stdout
     assert "Traceback" not in run.stderr
@@ -207,11 +207,11 @@ def test_demo_quick_end_to_end(tmp_path):
     test_recs = [json.loads(line) for line in (out / "data" / "test.annotated.jsonl").open()]
     assert all("task" in r["markers"] and "length_tokens" in r["markers"] for r in test_recs)
     trained = {p: p.stat().st_mtime for p in (out / "runs").glob("*/model.safetensors")}
-    again = treasure("demo", "--quick", "--out", out)
+    again = treasure("demo", "--suite", "--quick", "--out", out)
     assert again.returncode == 0 and {p: p.stat().st_mtime for p in trained} == trained
     assert again.stdout.split("\n\n")[-2] == run.stdout.split("\n\n")[-2]  # the same table
     # another setting in the same folder is refused, in one line
-    other = treasure("demo", "--quick", "--steps", "31", "--out", out)
+    other = treasure("demo", "--suite", "--quick", "--steps", "31", "--out", out)
     assert (
         other.returncode == 2 and "other settings (steps)" in other.stderr and "Traceback" not in other.stderr
     )

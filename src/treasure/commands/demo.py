@@ -1,9 +1,10 @@
-"""`treasure demo`: the whole method end to end on the bundled long-tail suite, on a laptop CPU.
+"""`treasure demo`: the method end to end on a real pretrained model, on a laptop CPU.
 
-Builds the suite, annotates it with the normal pipeline, fine-tunes a baseline and a marker model per seed from
-the bundled base model on identical records, order and steps, evaluates both and writes report.{md,json,png} with
-a summary table printed at the end. An interrupted demo continues where it stopped when run again with the same
---out. Why the defaults are what they are: docs/findings.md.
+Annotates the packaged OpenAssistant conversations with the normal pipeline, fine-tunes a baseline and a marker
+arm of SmolLM2-135M-Instruct with LoRA per seed on identical records, order and steps, measures both on held-out
+message trees and writes report.{md,json} with a summary table printed at the end. An interrupted demo continues
+where it stopped when run again with the same --out. `--suite` runs the synthetic long-tail suite of
+docs/findings.md instead (its own options: --base, --build-base, --quick).
 """
 
 from __future__ import annotations
@@ -22,11 +23,19 @@ QUICK = dict(n_train=600, n_test_per_task=6, steps=30, seeds=(0,))
 def register(sub) -> None:
     p = sub.add_parser(
         "demo",
-        help="train and compare a baseline and a marker model on the bundled long-tail suite (CPU, ~15 min)",
+        help="fine-tune and compare a baseline and a marker arm of SmolLM2 on OpenAssistant data (CPU, ~20 min)",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out; reused to resume)")
-    p.add_argument("--seeds", type=int, default=None, help="number of training seeds (default: 3)")
+    p.add_argument(
+        "--suite",
+        action="store_true",
+        help="the synthetic long-tail suite on a 0.6M byte model (docs/findings.md)",
+    )
+    p.add_argument(
+        "--model", default=None, help="the base model (default smollm2-135m-instruct; any model source)"
+    )
+    p.add_argument("--seeds", type=int, default=None, help="number of training seeds (default: 1; suite: 3)")
     p.add_argument(
         "--quick", action="store_true", help="a tiny run of a minute or two (checks the plumbing only)"
     )
@@ -81,6 +90,45 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.suite:
+        return run_real(args)
+    return run_suite(args)
+
+
+def run_real(args: argparse.Namespace) -> int:
+    from treasure.demo.report import summary_table, write_report
+    from treasure.demo.run import DemoConfig, run_demo
+    from treasure.errors import TreasureError
+
+    if args.base or args.build_base:
+        raise TreasureError("--base and --build-base belong to --suite")
+    _quiet()
+    kw: dict = {"device": args.device}
+    if args.quick:
+        kw.update(steps=2, n_length_prompts=2, limits=(20,), n_infer=4, n_quality_pairs=2)
+    if args.seeds is not None:
+        kw["seeds"] = tuple(range(args.seeds))
+    if args.steps is not None:
+        kw["steps"] = args.steps
+    if args.model:
+        kw["model"] = args.model
+    cfg = DemoConfig(**kw)
+    out = Path(args.out)
+    start = time.perf_counter()
+
+    def say(msg: str) -> None:
+        print(f"[{time.perf_counter() - start:6.0f}s] {msg}", flush=True)
+
+    results = run_demo(cfg, out, on_stage=say)
+    paths = write_report(results, out)
+    minutes = (time.perf_counter() - start) / 60
+    print()
+    print("\n".join(summary_table(results)))
+    print(f"\nreport: {paths['md']}  {paths['json']}  ({minutes:.1f} min this run)")
+    return 0
+
+
+def run_suite(args: argparse.Namespace) -> int:
     from treasure.suite.experiment import ExperimentConfig, run_experiment
     from treasure.suite.summary import summary_table, write_report
 

@@ -1,0 +1,272 @@
+"""The real-model demo: the paper's experiment in miniature, on SmolLM2-135M-Instruct and OpenAssistant data.
+
+    out = run_demo(DemoConfig(), Path("demo_out"), on_stage=print)
+
+Per seed, a baseline arm and a marker arm are fine-tuned with LoRA from the same base model on the same annotated
+records, in the same order, for the same steps (the baseline's records carry no markers); then both answer the
+same held-out prompts. Every stage writes its result to `out` and is skipped when found there, so an interrupted
+demo continues where it stopped. What is measured (score.py): word-limit violations with the AlpacaEval-LI
+wording (baseline, markers inferred, markers fixed with `length_tokens`), marker inference on held-out prompts,
+the quality lever by likelihood, and each arm's compute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from treasure.demo import score
+from treasure.demo.data import prepare_data, read_jsonl
+
+INFER_CATEGORIES = ("task", "domain", "format", "length_bucket")
+
+
+@dataclass
+class DemoConfig:
+    model: str = "smollm2-135m-instruct"
+    seeds: tuple[int, ...] = (0,)
+    steps: int = 24
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    lora_r: int = 16
+    max_length: int = 384
+    format: str = "compact"
+    dataset_dropout: float = 0.5
+    sample_dropout: float = 0.5
+    limits: tuple[int, ...] = (20, 40, 80)
+    n_length_prompts: int = 12  # held-out prompts, each asked at every limit
+    n_infer: int = 64  # held-out prompts whose block the marker arm writes
+    n_quality_pairs: int = 24  # held-out prompts with a top- and a bottom-ranked reply
+    eval_seed: int = 0
+    device: str = "auto"
+    extra: dict[str, Any] = field(default_factory=dict)  # more `treasure train` keys for both arms
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _cuda(cfg: DemoConfig) -> bool:
+    import torch
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        from treasure.errors import TreasureError
+
+        raise TreasureError("--device cuda: no CUDA device is visible")
+    return cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+
+
+def train_config(
+    cfg: DemoConfig, *, train_file: Path, output_dir: Path, mode: str, seed: int
+) -> dict[str, Any]:
+    """The `treasure train` YAML of one arm: the two arms differ only in `markers.mode`."""
+    cuda = _cuda(cfg)
+    return {
+        "model_name_or_path": cfg.model,
+        "train_file": str(train_file.resolve()),
+        "taxonomy": "paper",
+        "markers": {
+            "mode": mode,
+            "format": cfg.format,
+            "placement": "both",
+            "dataset_dropout": cfg.dataset_dropout,
+            "sample_dropout": cfg.sample_dropout,
+        },
+        "use_peft": True,
+        "lora_r": cfg.lora_r,
+        "lora_alpha": 2 * cfg.lora_r,
+        "lora_dropout": 0.0,
+        "lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "output_dir": str(output_dir.resolve()),
+        "max_steps": cfg.steps,
+        "per_device_train_batch_size": cfg.batch_size,
+        "learning_rate": cfg.learning_rate,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": max(1, cfg.steps // 10),
+        "weight_decay": 0.0,
+        "max_length": cfg.max_length,
+        "seed": seed,
+        "bf16": cuda,
+        "use_cpu": not cuda,
+        "activation_checkpointing": False,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "logging_strategy": "no",
+        "disable_tqdm": True,
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+        "include_num_input_tokens_seen": True,
+        **cfg.extra,
+    }
+
+
+def train_arm(config: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Train one arm from its YAML (written first: `treasure train folder/config.yaml` repeats it)."""
+    import yaml
+
+    from treasure.train.config import load_config
+    from treasure.train.trainer import train
+
+    done = folder / "train.json"
+    if done.exists():
+        return json.loads(done.read_text(encoding="utf-8"))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    t0 = time.perf_counter()
+    with (folder / "train.log").open("w", encoding="utf-8") as fh, contextlib.redirect_stdout(fh):
+        result = train(load_config(path))
+    metrics = result.metrics
+    out = {
+        "seconds": round(time.perf_counter() - t0, 1),
+        "steps": config["max_steps"],
+        "examples": config["max_steps"] * config["per_device_train_batch_size"],
+        "tokens": metrics.get("num_input_tokens_seen"),
+        "loss": metrics.get("train_loss"),
+    }
+    _write_json(done, out)
+    return out
+
+
+def evaluate_arms(
+    cfg: DemoConfig, baseline: Path, markers: Path, train: list[dict], test: list[dict]
+) -> dict:
+    """Every measurement of one seed's two arms on the held-out records."""
+    import torch
+
+    from treasure.evaluate.marker_accuracy import marker_accuracy
+    from treasure.generate.engine import Generator
+    from treasure.train.bundle import load_bundle
+
+    dtype = torch.float32
+    gens = {
+        "baseline": Generator(load_bundle(baseline, dtype=dtype)),
+        "markers": Generator(load_bundle(markers, dtype=dtype)),
+    }
+    if _cuda(cfg):
+        for g in gens.values():
+            g.model.to("cuda")
+    out: dict[str, Any] = {}
+
+    # The length lever: each held-out prompt at every limit.
+    tpw = score.tokens_per_word(train)
+    prompts = score.sample(score.first_per_tree(score.single_turn(test)), cfg.n_length_prompts, cfg.eval_seed)
+    convs, limits = [], []
+    for lim in cfg.limits:
+        for r in prompts:
+            text = score.LENGTH_INSTRUCTION.format(n=lim, instruction=r["messages"][0]["content"])
+            convs.append([{"role": "user", "content": text}])
+            limits.append(lim)
+    # Each limit's budget lets an answer run just past its limit (a violation is then seen), no further: the
+    # produced/asked ratio is capped near 1.25.
+    budgets = {lim: int((lim + 1) * tpw * 1.25) + 4 for lim in cfg.limits}
+    conditions = {
+        "baseline": (gens["baseline"], "inferred", False),
+        "inferred": (gens["markers"], "inferred", False),
+        "fixed": (gens["markers"], "fixed", True),
+    }
+    length: dict[str, Any] = {"tokens_per_word": round(tpw, 3), "max_new_tokens": budgets, "conditions": {}}
+    for name, (gen, mode, fix) in conditions.items():
+        counts, texts = [], []
+        for lim in cfg.limits:
+            rows = [c for c, m in zip(convs, limits, strict=True) if m == lim]
+            fixed = [{"length_tokens": round(lim * tpw)}] * len(rows) if fix else None
+            outs = gen.generate_batch(
+                rows, fixed, mode=mode, max_new_tokens=budgets[lim], batch_size=len(rows)
+            )
+            counts += [score.words(o.text) for o in outs]
+            texts += [o.text for o in outs]
+        length["conditions"][name] = {
+            **score.length_summary(limits, counts),
+            "samples": [
+                {"limit": lim, "words": c, "text": t[:300]}
+                for lim, c, t in zip(limits, counts, texts, strict=True)
+            ][::8],
+        }
+    out["length"] = length
+
+    # Marker inference: the marker arm's own block for held-out prompts vs the annotation of the held-out reply.
+    infer = score.sample(test, cfg.n_infer, cfg.eval_seed + 1)
+    # the block alone: 13 compact categories take ~20 ids, the paper's text tags ~110
+    block_budget = 28 if cfg.format == "compact" else 120
+    outs = gens["markers"].generate_batch(
+        [r["messages"][:-1] for r in infer], mode="inferred", max_new_tokens=block_budget, batch_size=16
+    )
+    acc = marker_accuracy([r["markers"] for r in infer], [o.markers for o in outs], INFER_CATEGORIES)
+    out["inference"] = {
+        c: {"accuracy": s["accuracy"], "n": s["n"], "missing": s["missing"]} for c, s in acc.items()
+    }
+
+    # The quality lever: does conditioning on bucket 1 (best) prefer the human top-ranked reply more than bucket 4?
+    pairs = score.quality_pairs(test, cfg.n_quality_pairs, cfg.eval_seed + 2)
+    quality: dict[str, Any] = {"n": len(pairs)}
+    for name, bundle, markers in (
+        ("baseline", gens["baseline"].bundle, None),
+        ("quality_bucket 1", gens["markers"].bundle, {"quality_bucket": 1}),
+        ("quality_bucket 4", gens["markers"].bundle, {"quality_bucket": 4}),
+    ):
+        top = score.reply_logprobs(bundle, [(m, t) for m, t, _ in pairs], markers)
+        bottom = score.reply_logprobs(bundle, [(m, b) for m, _, b in pairs], markers)
+        quality[name] = score.preference_rate(top, bottom)
+    out["quality"] = quality
+    return out
+
+
+def run_demo(cfg: DemoConfig, out: Path, *, on_stage: Callable[[str], None] = print) -> dict[str, Any]:
+    """Data, both arms per seed, their evaluation; returns (and writes out/results.json) everything measured."""
+    from treasure.model_source import resolve_model
+    from treasure.train.tiny import is_tiny
+
+    out.mkdir(parents=True, exist_ok=True)
+    settings = out / "settings.json"
+    if settings.exists() and json.loads(settings.read_text(encoding="utf-8")) != json.loads(
+        json.dumps(cfg.to_dict())
+    ):
+        from treasure.errors import TreasureError
+
+        raise TreasureError(f"{out}: made with other settings ({settings}); use another --out")
+    _write_json(settings, cfg.to_dict())
+    on_stage(f"model: {cfg.model}")
+    # length_tokens in the model's own tokens (tiny-llama's are the packaged GPT-2 tokenizer, annotate's default)
+    tokenizer = None if is_tiny(cfg.model) else resolve_model(cfg.model)
+    on_stage("data: OpenAssistant oasst1 (English validation) -> annotate -> split by tree")
+    train_path, test_path = prepare_data(out / "data", tokenizer)
+    train, test = read_jsonl(train_path), read_jsonl(test_path)
+    on_stage(f"data: {len(train)} train records, {len(test)} held-out records")
+    results: dict[str, Any] = {
+        "config": cfg.to_dict(),
+        "data": {"train": len(train), "test": len(test)},
+        "seeds": {},
+    }
+    for seed in cfg.seeds:
+        arms, train_stats = {}, {}
+        for mode in ("baseline", "markers"):
+            folder_arm = out / f"seed{seed}" / mode
+            on_stage(f"seed {seed}: train {mode} ({cfg.steps} steps x {cfg.batch_size})")
+            config = train_config(
+                cfg, train_file=train_path, output_dir=folder_arm / "bundle", mode=mode, seed=seed
+            )
+            train_stats[mode] = train_arm(config, folder_arm)
+            arms[mode] = folder_arm / "bundle"
+        done = out / f"seed{seed}" / "eval.json"
+        if done.exists():
+            evaluation = json.loads(done.read_text(encoding="utf-8"))
+        else:
+            on_stage(f"seed {seed}: evaluate both arms on held-out prompts")
+            t0 = time.perf_counter()
+            evaluation = evaluate_arms(cfg, arms["baseline"], arms["markers"], train, test)
+            evaluation["seconds"] = round(time.perf_counter() - t0, 1)
+            _write_json(done, evaluation)
+        results["seeds"][str(seed)] = {"train": train_stats, "eval": evaluation}
+    _write_json(out / "results.json", results)
+    return results

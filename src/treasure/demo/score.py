@@ -1,0 +1,143 @@
+"""The demo's measurements on held-out OASST trees: the length lever, marker inference, the quality lever.
+
+Each measurement can fail: a violation is counted in words against the limit the prompt states; a marker is right
+only if it equals the annotation of the held-out reply; the quality lever is a preference between two human-ranked
+replies to the same prompt, read off the model's own likelihood, compared between two conditions.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from statistics import median
+from typing import Any
+
+# AlpacaEval-LI's wording (the paper's length-instruction benchmark).
+LENGTH_INSTRUCTION = "Answer the following instruction using {n} words or less.\n\n{instruction}"
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def single_turn(records: list[dict]) -> list[dict]:
+    """Records whose conversation is one user turn and the reply."""
+    return [r for r in records if len(r["messages"]) == 2 and r["messages"][0]["role"] == "user"]
+
+
+def first_per_tree(records: list[dict]) -> list[dict]:
+    """One record per message tree (its first), so a prompt is not counted once per sibling reply."""
+    seen, out = set(), []
+    for r in records:
+        key = r.get("message_tree_id") or r["messages"][0]["content"]
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def sample(rows: list[Any], n: int, seed: int) -> list[Any]:
+    if n >= len(rows):
+        return list(rows)
+    return random.Random(seed).sample(rows, n)
+
+
+def tokens_per_word(records: list[dict]) -> float:
+    """The median `length_tokens` per word of the training replies: how a word limit becomes a token count."""
+    ratios = [
+        r["markers"]["length_tokens"] / words(r["messages"][-1]["content"])
+        for r in records
+        if r.get("markers", {}).get("length_tokens") and words(r["messages"][-1]["content"]) >= 5
+    ]
+    return median(ratios) if ratios else 1.3
+
+
+def length_summary(limits: list[int], counts: list[int]) -> dict[str, Any]:
+    """Violation rate and the median produced/asked ratio of one condition."""
+    n = len(limits)
+    violations = sum(c > lim for lim, c in zip(limits, counts, strict=True))
+    ratios = [c / lim for lim, c in zip(limits, counts, strict=True)]
+    by_limit: dict[int, list[int]] = defaultdict(list)
+    for lim, c in zip(limits, counts, strict=True):
+        by_limit[lim].append(c > lim)
+    return {
+        "n": n,
+        "violation_rate": violations / n if n else 0.0,
+        "median_ratio": median(ratios) if ratios else 0.0,
+        "empty": sum(c == 0 for c in counts),
+        "by_limit": {str(k): sum(v) / len(v) for k, v in sorted(by_limit.items())},
+    }
+
+
+def quality_pairs(records: list[dict], n: int, seed: int) -> list[tuple[list[dict], str, str]]:
+    """(conversation before the replies, top-ranked reply, bottom-ranked reply) for prompts with ranked siblings."""
+    groups: dict[Any, list[dict]] = defaultdict(list)
+    for r in records:
+        if r.get("rank") is not None and r.get("parent_id"):
+            groups[r["parent_id"]].append(r)
+    pairs = []
+    for _, rows in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        if len(rows) < 2:
+            continue
+        rows = sorted(rows, key=lambda r: r["rank"])
+        top, bottom = rows[0], rows[-1]
+        if top["rank"] == bottom["rank"]:
+            continue
+        pairs.append(
+            (top["messages"][:-1], top["messages"][-1]["content"], bottom["messages"][-1]["content"])
+        )
+    return sample(pairs, n, seed)
+
+
+def reply_logprobs(
+    bundle: Any,
+    items: list[tuple[list[dict], str]],
+    markers: dict[str, Any] | None,
+    *,
+    max_reply_tokens: int = 128,
+    batch_size: int = 4,
+) -> list[float]:
+    """Mean log-probability per token of each reply after its conversation, with `markers` in the prompt and (for
+    a bundle whose completions start with a block) as the completion's block, as training rendered them."""
+    import torch
+
+    from treasure.markers import SEPARATOR
+
+    tok, model = bundle.tokenizer, bundle.model
+    writes_block = bundle.markers.mode == "markers" and bundle.markers.completion_markers
+    prefix = ""
+    if writes_block and markers:
+        prefix = bundle.render_block(markers) + SEPARATOR[bundle.markers.format]
+    rows = []
+    for messages, reply in items:
+        head = tok(bundle.prompt(messages, markers=markers or None) + prefix, add_special_tokens=False)[
+            "input_ids"
+        ]
+        body = tok(reply, add_special_tokens=False)["input_ids"][:max_reply_tokens]
+        rows.append((head, body))
+    out: list[float] = []
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    device = model.device
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            width = max(len(h) + len(b) for h, b in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, (h, b) in enumerate(chunk):
+                ids[i, : len(h) + len(b)] = torch.tensor(h + b)
+                mask[i, : len(h) + len(b)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            for i, (h, b) in enumerate(chunk):
+                pos = torch.arange(len(h) - 1, len(h) + len(b) - 1, device=device)
+                target = ids[i, len(h) : len(h) + len(b)].to(device)
+                out.append(float(logp[i, pos, target].mean()) if len(b) else math.nan)
+    return out
+
+
+def preference_rate(top: list[float], bottom: list[float]) -> float:
+    """The share of pairs whose top-ranked reply the model finds more likely than the bottom-ranked one."""
+    pairs = [(t, b) for t, b in zip(top, bottom, strict=True) if not (math.isnan(t) or math.isnan(b))]
+    return sum(t > b for t, b in pairs) / len(pairs) if pairs else 0.0

@@ -1,0 +1,89 @@
+"""The real-model demo's plumbing on tiny-llama (fast), its measurements on hand-made inputs, and on SmolLM2 (slow).
+
+The demo itself is the real model; here `--model tiny-llama --quick` runs every stage on the packaged OASST data
+in a minute, so that the data split, both arms, every measurement, the report and resuming are checked in the
+default suite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from test_suite import treasure
+
+from treasure.demo import score
+from treasure.demo.data import read_jsonl, shipped_oasst
+
+
+def test_shipped_data_is_the_documented_file():
+    import hashlib
+
+    digest = hashlib.sha256(shipped_oasst().read_bytes()).hexdigest()
+    assert digest == "b92db3f1db324f5aa3c5d75ed65a451b54063de1de7370506233c9917043bd66"
+    assert "Apache-2.0" in (shipped_oasst().parent / "SOURCE.md").read_text()
+
+
+def test_length_summary_counts_violations_and_ratios():
+    s = score.length_summary([20, 20, 40, 40], [10, 25, 40, 0])
+    assert s["n"] == 4 and s["violation_rate"] == 0.25 and s["empty"] == 1
+    assert s["by_limit"] == {"20": 0.5, "40": 0.0}
+    assert math.isclose(s["median_ratio"], (0.5 + 1.0) / 2)
+
+
+def test_quality_pairs_take_top_and_bottom_of_ranked_siblings():
+    def rec(parent, rank, text):
+        return {"parent_id": parent, "rank": rank, "messages": [{"role": "user", "content": "q" + parent},
+                                                                 {"role": "assistant", "content": text}]}  # fmt: skip
+
+    rows = [
+        rec("a", 1, "mid"),
+        rec("a", 0, "best"),
+        rec("a", 2, "worst"),
+        rec("b", 0, "alone"),
+        rec("c", None, "x"),
+    ]
+    pairs = score.quality_pairs(rows, 10, 0)
+    assert pairs == [([{"role": "user", "content": "qa"}], "best", "worst")]
+    assert score.preference_rate([-1.0, -2.0, math.nan], [-2.0, -1.0, -1.0]) == 0.5
+
+
+def test_demo_quick_on_tiny_llama_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    run = treasure("demo", "--quick", "--model", "tiny-llama", "--out", out, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "| comparison (1 seed; %) | baseline | markers, inferred | markers, fixed | paper |" in run.stdout
+    assert "word-limit violations" in run.stdout and "report:" in run.stdout
+    train, test = (read_jsonl(out / "data" / f"{s}.annotated.jsonl") for s in ("train", "test"))
+    # split by tree: no conversation of a held-out tree was trained on
+    assert not {r["message_tree_id"] for r in train} & {r["message_tree_id"] for r in test}
+    assert len(train) + len(test) == 1185 and len(test) > 150
+    assert all("quality_bucket" in r["markers"] and r["markers"]["source"] == "Human" for r in train[:50])
+    results = json.loads((out / "results.json").read_text())
+    seed = results["seeds"]["0"]
+    assert seed["train"]["baseline"]["steps"] == seed["train"]["markers"]["steps"] == 2
+    assert (
+        seed["train"]["markers"]["tokens"] > seed["train"]["baseline"]["tokens"] > 0
+    )  # the blocks cost tokens
+    for cond in ("baseline", "inferred", "fixed"):
+        assert seed["eval"]["length"]["conditions"][cond]["n"] == 2
+    assert set(seed["eval"]["inference"]) <= {"task", "domain", "format", "length_bucket"}
+    assert {"baseline", "quality_bucket 1", "quality_bucket 4"} <= set(seed["eval"]["quality"])
+    # a second run resumes: nothing is trained again, the same table comes out
+    stamp = (out / "seed0" / "markers" / "train.json").stat().st_mtime
+    again = treasure("demo", "--quick", "--model", "tiny-llama", "--out", out)
+    assert again.returncode == 0 and (out / "seed0" / "markers" / "train.json").stat().st_mtime == stamp
+    assert again.stdout.split("\n\n")[-2] == run.stdout.split("\n\n")[-2]
+    other = treasure("demo", "--quick", "--model", "tiny-llama", "--steps", "3", "--out", out)
+    assert other.returncode == 2 and "other settings" in other.stderr and "Traceback" not in other.stderr
+
+
+@pytest.mark.slow
+def test_demo_quick_on_smollm2(tmp_path):
+    from test_real_model import _smollm2_or_skip
+
+    _smollm2_or_skip()
+    run = treasure("demo", "--quick", "--out", tmp_path / "demo", timeout=1800)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "word-limit violations" in run.stdout
