@@ -63,9 +63,8 @@ def test_demo_quick_on_tiny_llama_end_to_end(tmp_path):
     results = json.loads((out / "results.json").read_text())
     seed = results["seeds"]["0"]
     assert seed["train"]["baseline"]["steps"] == seed["train"]["markers"]["steps"] == 2
-    assert (
-        seed["train"]["markers"]["tokens"] > seed["train"]["baseline"]["tokens"] > 0
-    )  # the blocks cost tokens
+    # the blocks cost tokens (equal when every batch is padded to max_length)
+    assert seed["train"]["markers"]["tokens"] >= seed["train"]["baseline"]["tokens"] > 0
     for cond in ("baseline", "inferred", "fixed"):
         assert seed["eval"]["length"]["conditions"][cond]["n"] == 2
     assert set(seed["eval"]["inference"]) <= {"task", "domain", "format", "length_bucket"}

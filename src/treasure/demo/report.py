@@ -40,7 +40,7 @@ def summary_table(results: dict[str, Any]) -> list[str]:
         f"{_ms(col('violation_rate', 'fixed'))} | 36.58 -> 24.74 -> 1.25 |"
     )
     rows.append(
-        f"| median words / limit (x100; capped near 125 by the budget) | {_ms(col('median_ratio', 'baseline'))} | {_ms(col('median_ratio', 'inferred'))} | "
+        f"| median words / limit (x100; the budget stops an answer soon after its limit) | {_ms(col('median_ratio', 'baseline'))} | {_ms(col('median_ratio', 'inferred'))} | "
         f"{_ms(col('median_ratio', 'fixed'))} | |"
     )
     rows.append(
@@ -68,7 +68,7 @@ def summary_table(results: dict[str, Any]) -> list[str]:
         sec = [t[arm]["seconds"] for t in train]
         rows.append(
             f"| compute, {arm} arm: {train[0][arm]['steps']} steps x {results['config']['batch_size']}, "
-            f"tokens read / train seconds | {_ms(tok, False)} / {_ms(sec, False)} | | | |"
+            f"tokens read (with padding) / train seconds | {_ms(tok, False)} / {_ms(sec, False)} | | | |"
         )
     return rows
 

@@ -105,7 +105,7 @@ def train_config(
         "disable_tqdm": True,
         "report_to": "none",
         "dataloader_num_workers": 0,
-        "include_num_input_tokens_seen": True,
+        "include_num_input_tokens_seen": True,  # tokens read, padding included (TrlParser takes no "non_padding")
         **cfg.extra,
     }
 
