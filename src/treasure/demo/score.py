@@ -95,7 +95,7 @@ def reply_logprobs(
     items: list[tuple[list[dict], str]],
     markers: dict[str, Any] | None,
     *,
-    max_reply_tokens: int = 128,
+    max_reply_tokens: int = 96,
     batch_size: int = 4,
 ) -> list[float]:
     """Mean log-probability per token of each reply after its conversation, with `markers` in the prompt and (for
