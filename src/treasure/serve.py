@@ -373,6 +373,7 @@ def create_app(
             "usage": _usage(gen),
             **_marker_fields(gen),
             "block_closed": gen.block_closed,
+            "cut": gen.cut,
         }
 
     @app.get("/health")

@@ -139,6 +139,7 @@ def _output_record(item: dict, gen: Any) -> dict[str, Any]:
         flags={
             "block_closed": gen.block_closed,
             "block_forced": gen.block_forced,
+            "cut": gen.cut,
             "finish_reason": gen.finish_reason,
             "problems": gen.problems,
         },
@@ -179,6 +180,9 @@ def run_generate(args: argparse.Namespace) -> int:
         print(gen.text)
         if not gen.block_closed:
             print("warning: the model left its marker block open (raise --max-tokens)", file=sys.stderr)
+        if gen.cut:
+            print("warning: the model wrote marker syntax after its block; the response was cut there",
+                  file=sys.stderr)  # fmt: skip
         return 0
     return _run_batch(args, generator, cli_markers, kw)
 
@@ -195,7 +199,7 @@ def _run_batch(args: argparse.Namespace, generator: Any, cli_markers: dict, kw: 
     out_path = Path(args.output)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     size = max(1, args.batch_size)
-    open_blocks = 0
+    open_blocks = cut = 0
     with (
         out_path.open("w", encoding="utf-8") as fh,
         tqdm(total=len(items), desc="generate", unit="prompt") as bar,
@@ -206,10 +210,13 @@ def _run_batch(args: argparse.Namespace, generator: Any, cli_markers: dict, kw: 
                                             mode=mode, batch_size=size, **kw)  # fmt: skip
             for item, gen in zip(chunk, gens, strict=True):
                 open_blocks += not gen.block_closed
+                cut += gen.cut
                 fh.write(json.dumps(_output_record(item, gen), ensure_ascii=False) + "\n")
             fh.flush()
             bar.update(len(chunk))
     note = f"; {open_blocks} left their marker block open (raise --max-tokens)" if open_blocks else ""
+    if cut:
+        note += f"; {cut} responses cut where marker syntax began (unconstrained)"
     print(f"generate: {len(items)} prompts ({mode}) -> {out_path}{note}")
     return 0
 
