@@ -177,3 +177,25 @@ def test_guard_leaves_block_rows_alone():
     assert scores[0].isfinite().all() and scores[1].tolist() == [0, 0, 0, float("-inf")]
     scores = guard(torch.tensor([[2, 0], [2, 0]]), torch.zeros(2, 4))  # row 1 ends in "<|m": "|>" completes
     assert scores[0].isfinite().all() and scores[1].isinf().tolist() == [False, True, False, True]
+
+
+def test_guard_keeps_the_turn_open_for_the_first_response_token():
+    import torch
+
+    texts = ["<|m", "|>", "a", "<|m|>", "END"]
+    inside = {0}
+    guard = MarkerSyntaxGuard(_Tables(texts, ["<|m|>"]), texts, in_block=lambda b: b in inside, stop_ids=[4])
+    scores = guard(
+        torch.tensor([[2], [2]]), torch.zeros(2, 5)
+    )  # row 0 in its block, row 1 at its first token
+    assert scores[0].isfinite().all() and scores[1].isinf().tolist() == [False, False, False, True, True]
+    inside.clear()  # row 0's block closed with this token: its first response token may not end the turn either
+    scores = guard(torch.tensor([[2, 1], [2, 2]]), torch.zeros(2, 5))
+    assert scores[0].isinf().tolist() == [False, False, False, True, True]
+    assert scores[1].isinf().tolist() == [
+        False,
+        False,
+        False,
+        True,
+        False,
+    ]  # row 1 has its first token: it may stop

@@ -181,7 +181,9 @@ class Generator:
             from treasure.generate.guard import MarkerSyntaxGuard
 
             texts = token_texts(self.tokenizer)
-            processors.append(MarkerSyntaxGuard(self._guard, texts, block.in_block if block else None))
+            processors.append(
+                MarkerSyntaxGuard(self._guard, texts, block.in_block if block else None, self._stop_ids)
+            )
         return block, processors
 
     def _clean(self, response: str, *, partial: bool = False) -> tuple[str, bool]:

@@ -5,7 +5,8 @@ after a short run keeps writing them (``<|markers|><|/markers|>Blog: ...``). The
 (constrain.py) shapes the block itself; once a row's block is closed (or for a bundle whose completions carry no
 block, from the first token) this guard takes over: it forbids any token that would complete one of the marker
 strings (``markers.marker_syntax``: both formats' delimiters and every compact marker token) in the text written
-so far. The rule is on text, not ids, so it holds however the string would be split: an added compact token, or
+so far, and it keeps the turn from ending before the response has its first token (no training response is
+empty). The rule is on text, not ids, so it holds however the string would be split: an added compact token, or
 ``<`` + ``MARK`` + ``ER_LIST`` + ``>`` from ordinary pieces. A row may still write ``<MARK``; it cannot write the
 character that makes ``<MARKER_LIST>``.
 
@@ -91,25 +92,37 @@ class MarkerSyntaxGuard(LogitsProcessor):
     `logits_processor=[...]`. `texts[i]` is id i's text as it reads inside a text (constrain.token_texts).
     """
 
-    def __init__(self, tables: _Tables, texts: Sequence[str], in_block: Callable[[int], bool] | None = None):
+    def __init__(
+        self,
+        tables: _Tables,
+        texts: Sequence[str],
+        in_block: Callable[[int], bool] | None = None,
+        stop_ids: Sequence[int] = (),
+    ):
         self._tables = tables
         self._texts = texts
         self._in_block = in_block
+        # No training response is empty: a response's first token may not end the turn (a model that has seen
+        # few steps would otherwise close its block and stop).
+        self._stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long)
         self._width: int | None = None
         self._tails: list[str] = []
         self._was_in: list[bool] = []
+        self._started: list[bool] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         batch = input_ids.shape[0]
         if self._width is None:
             self._tails = [""] * batch
             self._was_in = [self._in_block is not None] * batch
+            self._started = [False] * batch
         else:
             last = input_ids[:, -1].tolist()
             keep = self._tables.longest
             for b in range(batch):
                 if not self._was_in[b]:  # a block's own tokens (its closer included) are not response text
                     tok = last[b]
+                    self._started[b] = True
                     self._tails[b] = (self._tails[b] + (self._texts[tok] if tok < len(self._texts) else ""))[
                         -keep:
                     ]
@@ -121,6 +134,8 @@ class MarkerSyntaxGuard(LogitsProcessor):
             if inside:
                 continue
             ids = self._tables.banned(self._tails[b])
+            if not self._started[b] and self._stop.numel():
+                ids = torch.cat([ids, self._stop])
             ids = ids[ids < scores.shape[-1]]
             if ids.numel():
                 rows.append(torch.full_like(ids, b))
