@@ -29,6 +29,7 @@ import platform
 import sys
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +189,9 @@ class Examples:
     """A category's example vectors (seeds then descriptions) from the annotator, for re-fitting on subsets."""
 
     def __init__(self, ann: emb.EmbeddingAnnotator, cat: str):
-        texts, values, is_desc = ann._example_texts(cat)  # the bench may look inside; users need not
+        texts, values, weights, _ = ann._examples(cat)  # the bench may look inside; users need not
+        is_desc = [w == emb.DESCRIPTION_WEIGHT and t in ann.taxonomy[cat].value_descriptions.values()
+                   for t, w in zip(texts, weights, strict=True)]  # fmt: skip
         full, head = ann._seed_vectors(sorted(set(texts)))
         row = {t: i for i, t in enumerate(sorted(set(texts)))}
         rows = [row[t] for t in texts]
@@ -200,15 +203,55 @@ class Examples:
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
-    return a / np.linalg.norm(a, axis=-1, keepdims=True)
+    return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+
+
+# The annotator's scorer before the logistic head (issue 14), kept here for `--compare`: per value, the mean of
+# the top-m cosines to its centred examples mixed with the cosine to its centroid; for task also on the head view.
+PROTO_TOP_M, PROTO_CENTROID_WEIGHT, PROTO_DESCRIPTION_WEIGHT = 3, 0.5, 2.0
+PROTO_HEAD_WEIGHT = {"task": 0.5}
+
+
+@dataclass
+class _View:
+    """One embedding view of one category: centred examples and centroids."""
+
+    center: np.ndarray  # (d,)
+    examples: np.ndarray  # (n, d) unit rows
+    centroids: np.ndarray  # (k, d) unit rows; zero rows for values without examples
+
+    @classmethod
+    def build(cls, vecs: np.ndarray, labels: np.ndarray, is_desc: np.ndarray, k: int) -> _View:
+        center = vecs.mean(0)
+        examples = _unit(vecs - center)
+        centroids = np.zeros((k, vecs.shape[1]), dtype=np.float32)
+        for j in range(k):
+            sel = labels == j
+            if sel.any():
+                weights = np.where(is_desc[sel], PROTO_DESCRIPTION_WEIGHT, 1.0)[:, None]
+                centroids[j] = _unit((examples[sel] * weights).sum(0))
+        return cls(center, examples, centroids)
+
+    def scores(self, queries: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+        q = _unit(queries - self.center)
+        sims = q @ self.examples.T
+        out = np.full((len(q), k), -np.inf, dtype=np.float32)
+        for j in range(k):
+            s = sims[:, labels == j]
+            if s.shape[1] == 0:
+                continue
+            m = min(PROTO_TOP_M, s.shape[1])
+            top = np.partition(s, s.shape[1] - m, axis=1)[:, -m:].mean(1)
+            out[:, j] = (1 - PROTO_CENTROID_WEIGHT) * top + PROTO_CENTROID_WEIGHT * (q @ self.centroids[j])
+        return out
 
 
 def score_ours(ex: Examples, tr: np.ndarray, qf: np.ndarray, qh: np.ndarray) -> np.ndarray:
     k, lab, desc = len(ex.values), ex.labels[tr], ex.is_desc[tr]
-    s = emb._View.build(ex.full[tr], lab, desc, k).scores(qf, lab, k)
-    hw = emb.HEAD_WEIGHT.get(ex.cat, 0.0)
+    s = _View.build(ex.full[tr], lab, desc, k).scores(qf, lab, k)
+    hw = PROTO_HEAD_WEIGHT.get(ex.cat, 0.0)
     if hw:
-        s = (1 - hw) * s + hw * emb._View.build(ex.head[tr], lab, desc, k).scores(qh, lab, k)
+        s = (1 - hw) * s + hw * _View.build(ex.head[tr], lab, desc, k).scores(qh, lab, k)
     return s
 
 

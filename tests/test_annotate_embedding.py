@@ -19,8 +19,10 @@ from treasure.taxonomy import paper_taxonomy, parse_taxonomy
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-# Measured (bench/RESULTS_embedding.md): domain 0.840, task 0.762 on MT-Bench's first turns.
-MT_BENCH_MIN = {"domain": 0.76, "task": 0.70}
+# Measured on MT-Bench's first turns (bench/README.md): domain 0.72, task 0.72 with the logistic head trained on the
+# labelled development set without MT-Bench (issue 14); 0.84 / 0.76 before, with seeds written beside MT-Bench,
+# which generalised worse to the other sources (bench/annotator_generalisation.py).
+MT_BENCH_MIN = {"domain": 0.66, "task": 0.68}
 
 
 @pytest.fixture(scope="module")
