@@ -53,9 +53,9 @@ def main() -> int:
 
     import torch
 
+    from treasure.arms import read_jsonl
     from treasure.commands.demo import _quiet
     from treasure.suite.build import check
-    from treasure.suite.experiment import read_jsonl
     from treasure.train.bundle import load_bundle
 
     _quiet()

@@ -13,8 +13,9 @@ import math
 import pytest
 from test_suite import treasure
 
+from treasure.arms import read_jsonl
 from treasure.demo import score
-from treasure.demo.data import read_jsonl, shipped_oasst
+from treasure.demo.data import shipped_oasst
 
 
 def test_shipped_data_is_the_documented_file():

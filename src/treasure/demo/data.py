@@ -8,10 +8,10 @@ message tree, so no held-out prompt (nor any sibling reply of one) is ever train
 
 from __future__ import annotations
 
-import json
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+
+from treasure.arms import write_jsonl
 
 OASST_FILE = "oasst1_en_validation.jsonl"
 
@@ -19,19 +19,6 @@ OASST_FILE = "oasst1_en_validation.jsonl"
 def shipped_oasst() -> Path:
     """The packaged oasst1 English validation messages (Apache-2.0; data/SOURCE.md)."""
     return Path(str(files("treasure.demo") / "data" / OASST_FILE))
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 def prepare_data(

@@ -12,7 +12,6 @@ the quality lever by likelihood, and each arm's compute.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -20,8 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from treasure.arms import QUIET_RUN, read_jsonl, train_from_yaml, use_cuda, write_json
 from treasure.demo import score
-from treasure.demo.data import prepare_data, read_jsonl
+from treasure.demo.data import prepare_data
 
 INFER_CATEGORIES = ("task", "domain", "format", "length_bucket")
 
@@ -50,27 +50,11 @@ class DemoConfig:
         return asdict(self)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
-def _cuda(cfg: DemoConfig) -> bool:
-    import torch
-
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        from treasure.errors import TreasureError
-
-        raise TreasureError("--device cuda: no CUDA device is visible")
-    return cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-
-
 def train_config(
     cfg: DemoConfig, *, train_file: Path, output_dir: Path, mode: str, seed: int
 ) -> dict[str, Any]:
     """The `treasure train` YAML of one arm: the two arms differ only in `markers.mode`."""
-    cuda = _cuda(cfg)
+    cuda = use_cuda(cfg.device)
     return {
         "model_name_or_path": cfg.model,
         "train_file": str(train_file.resolve()),
@@ -98,43 +82,26 @@ def train_config(
         "seed": seed,
         "bf16": cuda,
         "use_cpu": not cuda,
-        "activation_checkpointing": False,
-        "save_strategy": "no",
-        "eval_strategy": "no",
-        "logging_strategy": "no",
-        "disable_tqdm": True,
-        "report_to": "none",
-        "dataloader_num_workers": 0,
-        "include_num_input_tokens_seen": True,  # tokens read, padding included (TrlParser takes no "non_padding")
+        **QUIET_RUN,
         **cfg.extra,
     }
 
 
 def train_arm(config: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """Train one arm from its YAML (written first: `treasure train folder/config.yaml` repeats it)."""
-    import yaml
-
-    from treasure.train.config import load_config
-    from treasure.train.trainer import train
-
+    """Train one arm (arms.train_from_yaml) unless folder/train.json says it was; what it cost."""
     done = folder / "train.json"
     if done.exists():
         return json.loads(done.read_text(encoding="utf-8"))
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    t0 = time.perf_counter()
-    with (folder / "train.log").open("w", encoding="utf-8") as fh, contextlib.redirect_stdout(fh):
-        result = train(load_config(path))
+    result, seconds = train_from_yaml(config, folder)
     metrics = result.metrics
     out = {
-        "seconds": round(time.perf_counter() - t0, 1),
+        "seconds": seconds,
         "steps": config["max_steps"],
         "examples": config["max_steps"] * config["per_device_train_batch_size"],
         "tokens": metrics.get("num_input_tokens_seen"),
         "loss": metrics.get("train_loss"),
     }
-    _write_json(done, out)
+    write_json(done, out)
     return out
 
 
@@ -153,7 +120,7 @@ def evaluate_arms(
         "baseline": Generator(load_bundle(baseline, dtype=dtype)),
         "markers": Generator(load_bundle(markers, dtype=dtype)),
     }
-    if _cuda(cfg):
+    if use_cuda(cfg.device):
         for g in gens.values():
             g.model.to("cuda")
     out: dict[str, Any] = {}
@@ -235,7 +202,7 @@ def run_demo(cfg: DemoConfig, out: Path, *, on_stage: Callable[[str], None] = pr
         from treasure.errors import TreasureError
 
         raise TreasureError(f"{out}: made with other settings ({settings}); use another --out")
-    _write_json(settings, cfg.to_dict())
+    write_json(settings, cfg.to_dict())
     on_stage(f"model: {cfg.model}")
     # length_tokens in the model's own tokens (tiny-llama's are the packaged GPT-2 tokenizer, annotate's default)
     tokenizer = None if is_tiny(cfg.model) else resolve_model(cfg.model)
@@ -266,7 +233,7 @@ def run_demo(cfg: DemoConfig, out: Path, *, on_stage: Callable[[str], None] = pr
             t0 = time.perf_counter()
             evaluation = evaluate_arms(cfg, arms["baseline"], arms["markers"], train, test)
             evaluation["seconds"] = round(time.perf_counter() - t0, 1)
-            _write_json(done, evaluation)
+            write_json(done, evaluation)
         results["seeds"][str(seed)] = {"train": train_stats, "eval": evaluation}
-    _write_json(out / "results.json", results)
+    write_json(out / "results.json", results)
     return results

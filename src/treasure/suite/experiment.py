@@ -21,7 +21,6 @@ pretraining is the part of the demo a laptop cannot redo in minutes); ``train``,
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -34,6 +33,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from treasure.arms import QUIET_RUN, read_jsonl, train_from_yaml, use_cuda, write_json, write_jsonl
 from treasure.errors import ConfigError
 from treasure.suite.build import SuiteConfig, build_suite
 
@@ -204,25 +204,6 @@ class Timings:
         self.seconds[key] = round(self.seconds.get(key, 0.0) + seconds, 1)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with Path(path).open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
 def bundled_base(name: str = "bundled-robust") -> Path:
     """A packaged base model's folder (a plain Hugging Face model folder)."""
     from importlib import resources
@@ -231,16 +212,6 @@ def bundled_base(name: str = "bundled-robust") -> Path:
     if not (path / "config.json").is_file():
         raise ConfigError(f"base: {name}: {path} is missing (rebuild it with `treasure demo --build-base`)")
     return path
-
-
-def use_cuda(cfg: ExperimentConfig) -> bool:
-    if cfg.device == "cpu":
-        return False
-    import torch
-
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: cuda asked for, but torch sees no GPU")
-    return torch.cuda.is_available()
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -254,9 +225,9 @@ def stage_data(cfg: ExperimentConfig, paths: Paths) -> None:
     train_path, test_path = paths.data / "train.jsonl", paths.data / "test.jsonl"
     if not test_path.exists():
         train, test = build_suite(SuiteConfig(cfg.n_train, cfg.n_test_per_task, cfg.suite_seed))
-        _write_jsonl(train_path, train)
+        write_jsonl(train_path, train)
         # The test items as records (reference answer as the response), so the same pipeline gives gold markers.
-        _write_jsonl(test_path, [
+        write_jsonl(test_path, [
             {**t, "messages": [{"role": "user", "content": t["prompt"]},
                                {"role": "assistant", "content": t["answer"]}]} for t in test
         ])  # fmt: skip
@@ -298,7 +269,7 @@ def train_yaml(
     seed: int, learning_rate: float,
 ) -> dict[str, Any]:  # fmt: skip
     """The `treasure train` config of one run."""
-    cuda = use_cuda(cfg)
+    cuda = use_cuda(cfg.device)
     return {
         "model_name_or_path": str(model.resolve()),
         "train_file": str(train_file.resolve()),
@@ -322,31 +293,14 @@ def train_yaml(
         "seed": seed,
         "bf16": False,  # full precision on CPU and GPU alike: the same numbers wherever a sweep runs
         "use_cpu": not cuda,
-        "activation_checkpointing": False,
-        "save_strategy": "no",
-        "eval_strategy": "no",
-        "logging_strategy": "no",
-        "disable_tqdm": True,
-        "report_to": "none",
-        "dataloader_num_workers": 0,
-        "include_num_input_tokens_seen": True,  # the compute each arm used, for the report
+        **QUIET_RUN,
     }
 
 
 def _train(config: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """Train one run from its YAML (written first, so the run can be repeated with `treasure train`)."""
-    import yaml
-
-    from treasure.train.config import load_config
-    from treasure.train.trainer import train
-
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    t0 = time.perf_counter()
-    with (folder / "train.log").open("w", encoding="utf-8") as log_fh, contextlib.redirect_stdout(log_fh):
-        result = train(load_config(path))
-    return {"seconds": round(time.perf_counter() - t0, 1), **result.counts, "metrics": result.metrics}
+    """Train one run from its YAML (arms.train_from_yaml): its seconds, counts and metrics."""
+    result, seconds = train_from_yaml(config, folder)
+    return {"seconds": seconds, **result.counts, "metrics": result.metrics}
 
 
 def stage_base(cfg: ExperimentConfig, paths: Paths) -> dict[str, Any] | None:
@@ -361,12 +315,12 @@ def stage_base(cfg: ExperimentConfig, paths: Paths) -> dict[str, Any] | None:
         records = build_suite(SuiteConfig(cfg.n_base, 1, cfg.suite_seed), stream="base")[0]
         if cfg.base_insertions:
             records = insert_noise(records, cfg.base_insertions, cfg.suite_seed)
-        _write_jsonl(base_file, records)
+        write_jsonl(base_file, records)
     config = train_yaml(cfg, model=paths.init, train_file=base_file, output_dir=paths.base,
                         mode="baseline", steps=cfg.base_steps, seed=cfg.suite_seed,
                         learning_rate=cfg.base_learning_rate)  # fmt: skip
     info = _train(config, paths.base)
-    _write_json(done, info)
+    write_json(done, info)
     return info
 
 
@@ -419,7 +373,7 @@ def stage_arm(
         config = train_yaml(cfg, model=paths.start, train_file=paths.data / "train.annotated.jsonl", output_dir=folder,
                             mode=arm, steps=steps, seed=seed,
                             learning_rate=cfg.learning_rate)  # fmt: skip
-        _write_json(train_info_path, _train(config, folder))
+        write_json(train_info_path, _train(config, folder))
     train_info = json.loads(train_info_path.read_text(encoding="utf-8"))
     t0 = time.perf_counter()
     scores = score_bundle(
@@ -427,14 +381,14 @@ def stage_arm(
         read_jsonl(paths.data / "test.annotated.jsonl"),
         read_jsonl(paths.data / "train.annotated.jsonl"),
         batch_size=cfg.eval_batch_size,
-        cuda=use_cuda(cfg),
+        cuda=use_cuda(cfg.device),
     )
     scores["train"] = {k: v for k, v in train_info.items() if k != "metrics"}
     metrics = train_info.get("metrics", {})
     scores["train"].update(loss=metrics.get("train_loss"), num_tokens=metrics.get("num_input_tokens_seen"),
                            steps=steps)  # fmt: skip
     scores["eval_seconds"] = round(time.perf_counter() - t0, 1)
-    _write_json(scores_path, scores)
+    write_json(scores_path, scores)
     return scores
 
 
@@ -460,7 +414,7 @@ def run_experiment(
                 f"{out}: holds an experiment with other settings ({', '.join(changed)}); use a new --out folder"
             )
     else:
-        _write_json(saved, cfg.to_dict())
+        write_json(saved, cfg.to_dict())
     say = on_stage or (lambda msg: None)
     timings = Timings()
 
