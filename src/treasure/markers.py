@@ -79,9 +79,14 @@ def marker_syntax(taxonomy: Taxonomy) -> list[str]:
 
 def find_marker_syntax(text: str, taxonomy: Taxonomy) -> int:
     """The offset of the first marker string (`marker_syntax`) in `text`, or -1 when it holds none."""
+    return first_of(text, marker_syntax(taxonomy))
+
+
+def first_of(text: str, strings: list[str]) -> int:
+    """The offset of the first of `strings` (marker strings, each starting with '<') in `text`, or -1."""
     if "<" not in text:
         return -1
-    hits = [i for s in marker_syntax(taxonomy) if (i := text.find(s)) >= 0]
+    hits = [i for s in strings if (i := text.find(s)) >= 0]
     return min(hits, default=-1)
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from treasure.errors import TaxonomyError, TreasureError
-from treasure.markers import find_marker_syntax, marker_syntax, merge_markers
+from treasure.markers import first_of, marker_syntax, merge_markers
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,10 @@ class Generator:
         self._syntax = marker_syntax(bundle.taxonomy) if self.uses_markers else []
         self._guard = None
         if constrained and self.uses_markers:
+            from treasure.generate.constrain import token_texts
             from treasure.generate.guard import tables_for
 
+            self._texts = token_texts(self.tokenizer)
             self._guard = tables_for(self.tokenizer, self._syntax)
         self._onthefly = list(onthefly_annotators) if onthefly_annotators is not None else None
         self._stop_ids = self._end_of_turn_ids()
@@ -177,12 +179,10 @@ class Generator:
             block = self.constraint.logits_processor(fixed, max_block_tokens=budget)
         processors = LogitsProcessorList([block] if block else [])
         if self._guard is not None:
-            from treasure.generate.constrain import token_texts
             from treasure.generate.guard import MarkerSyntaxGuard
 
-            texts = token_texts(self.tokenizer)
             processors.append(
-                MarkerSyntaxGuard(self._guard, texts, block.in_block if block else None, self._stop_ids)
+                MarkerSyntaxGuard(self._guard, self._texts, block.in_block if block else None, self._stop_ids)
             )
         return block, processors
 
@@ -191,7 +191,7 @@ class Generator:
         piece that may still become marker syntax, so streamed pieces never have to be taken back."""
         if not self._syntax:
             return response, False
-        cut = find_marker_syntax(response, self.bundle.taxonomy)
+        cut = first_of(response, self._syntax)
         if cut >= 0:
             return response[:cut], True
         if partial:
