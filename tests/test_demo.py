@@ -31,6 +31,15 @@ def test_length_summary_counts_violations_and_ratios():
     assert s["n"] == 4 and s["violation_rate"] == 0.25 and s["empty"] == 1
     assert s["by_limit"] == {"20": 0.5, "40": 0.0}
     assert math.isclose(s["median_ratio"], (0.5 + 1.0) / 2)
+    assert s["median_words_by_limit"] == {"20": 17.5, "40": 20.0}
+
+
+def test_follows_limit_is_rank_correlation_of_length_with_limit():
+    # answers that grow with the limit follow it; answers that are merely short do not
+    assert math.isclose(score.length_summary([20, 40, 80], [15, 30, 70])["follows_limit"], 1.0)
+    assert math.isclose(score.length_summary([20, 40, 80], [70, 30, 15])["follows_limit"], -1.0)
+    assert score.length_summary([20, 40, 80], [5, 5, 5])["follows_limit"] == 0.0
+    assert math.isclose(score.spearman([1, 2, 2, 3], [1, 3, 2, 4]), 0.9486832980505138)  # scipy.stats.spearmanr
 
 
 def test_quality_pairs_take_top_and_bottom_of_ranked_siblings():

@@ -41,6 +41,21 @@ def register(sub) -> None:
     )
     p.add_argument("--steps", type=int, default=None, help="fine-tuning steps per arm")
     p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change one demo setting (repeatable), e.g. --set learning_rate=3e-4 --set format=paper; "
+        "the fields are DemoConfig's (treasure/demo/run.py)",
+    )
+    p.add_argument(
+        "--train",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one more `treasure train` key for both arms (repeatable), e.g. --train lr_scheduler_type=constant",
+    )
+    p.add_argument(
         "--base",
         choices=("bundled-robust", "bundled", "train", "none"),
         default=None,
@@ -112,6 +127,8 @@ def run_real(args: argparse.Namespace) -> int:
         kw["steps"] = args.steps
     if args.model:
         kw["model"] = args.model
+    kw.update(_assignments(args.set, "--set", allowed=DemoConfig.__dataclass_fields__))
+    kw["extra"] = _assignments(args.train, "--train")
     cfg = DemoConfig(**kw)
     out = Path(args.out)
     start = time.perf_counter()
@@ -128,9 +145,34 @@ def run_real(args: argparse.Namespace) -> int:
     return 0
 
 
+def _assignments(items: list[str], flag: str, allowed=None) -> dict:
+    """`KEY=VALUE` strings as a dict, each value read as YAML (numbers, booleans, lists); a clear error otherwise."""
+    import yaml
+
+    from treasure.errors import TreasureError
+
+    out: dict = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise TreasureError(f"{flag} {item!r}: expected KEY=VALUE")
+        if allowed is not None and (key not in allowed or key == "extra"):
+            valid = ", ".join(k for k in allowed if k != "extra")
+            raise TreasureError(f"{flag} {item!r}: unknown setting {key!r} (valid: {valid})")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        # DemoConfig keeps sequences as tuples; train keys go to YAML as they are
+        out[key] = tuple(value) if allowed is not None and isinstance(value, list) else value
+    return out
+
+
 def run_suite(args: argparse.Namespace) -> int:
+    from treasure.errors import TreasureError
     from treasure.suite.experiment import ExperimentConfig, run_experiment
     from treasure.suite.summary import summary_table, write_report
+
+    if args.set or args.train:
+        raise TreasureError("--set and --train belong to the real-model demo, not --suite")
 
     _quiet()
     cfg = build_config(args)

@@ -60,14 +60,44 @@ def length_summary(limits: list[int], counts: list[int]) -> dict[str, Any]:
     ratios = [c / lim for lim, c in zip(limits, counts, strict=True)]
     by_limit: dict[int, list[int]] = defaultdict(list)
     for lim, c in zip(limits, counts, strict=True):
-        by_limit[lim].append(c > lim)
+        by_limit[lim].append(c)
     return {
         "n": n,
         "violation_rate": violations / n if n else 0.0,
         "median_ratio": median(ratios) if ratios else 0.0,
         "empty": sum(c == 0 for c in counts),
-        "by_limit": {str(k): sum(v) / len(v) for k, v in sorted(by_limit.items())},
+        "by_limit": {str(k): sum(c > k for c in v) / len(v) for k, v in sorted(by_limit.items())},
+        # does the length follow the limit at all? (a lever that only shortens every answer does not)
+        "median_words_by_limit": {str(k): median(v) for k, v in sorted(by_limit.items())},
+        "follows_limit": spearman(limits, counts),
+        "words": counts,
     }
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); 0.0 when either side is constant."""
+
+    def ranks(v: list[float]) -> list[float]:
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        out = [0.0] * len(v)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+
+    if len(xs) < 2:
+        return 0.0
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    vx = sum((a - mx) ** 2 for a in rx) ** 0.5
+    vy = sum((b - my) ** 2 for b in ry) ** 0.5
+    return cov / (vx * vy) if vx and vy else 0.0
 
 
 def quality_pairs(records: list[dict], n: int, seed: int) -> list[tuple[list[dict], str, str]]:
