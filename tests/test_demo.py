@@ -39,7 +39,9 @@ def test_follows_limit_is_rank_correlation_of_length_with_limit():
     assert math.isclose(score.length_summary([20, 40, 80], [15, 30, 70])["follows_limit"], 1.0)
     assert math.isclose(score.length_summary([20, 40, 80], [70, 30, 15])["follows_limit"], -1.0)
     assert score.length_summary([20, 40, 80], [5, 5, 5])["follows_limit"] == 0.0
-    assert math.isclose(score.spearman([1, 2, 2, 3], [1, 3, 2, 4]), 0.9486832980505138)  # scipy.stats.spearmanr
+    assert math.isclose(
+        score.spearman([1, 2, 2, 3], [1, 3, 2, 4]), 0.9486832980505138
+    )  # scipy.stats.spearmanr
 
 
 def test_quality_pairs_take_top_and_bottom_of_ranked_siblings():
@@ -79,6 +81,13 @@ def test_demo_quick_on_tiny_llama_end_to_end(tmp_path):
         assert seed["eval"]["length"]["conditions"][cond]["n"] == 2
     assert set(seed["eval"]["inference"]) <= {"task", "domain", "format", "length_bucket"}
     assert {"baseline", "quality_bucket 1", "quality_bucket 4"} <= set(seed["eval"]["quality"])
+    fmt = seed["eval"]["format"]
+    assert fmt["n"] == 4 and set(fmt["conditions"]) == {"baseline", "inferred", "fixed"}
+    assert set(fmt["conditions"]["fixed"]["by_format"]) == {"Enumeration", "JSON", "Markdown", "Tabular"}
+    groups = seed["eval"]["tail"]["groups"]
+    assert set(groups) == {"task head", "task tail", "domain head", "domain tail"}
+    assert sum(groups[g]["n"] for g in ("task head", "task tail")) <= 4
+    assert "format control" in run.stdout and "follow the limit" in run.stdout
     # a second run resumes: nothing is trained again, the same table comes out
     stamp = (out / "seed0" / "markers" / "train.json").stat().st_mtime
     again = treasure("demo", "--quick", "--model", "tiny-llama", "--out", out)
@@ -86,6 +95,23 @@ def test_demo_quick_on_tiny_llama_end_to_end(tmp_path):
     assert again.stdout.split("\n\n")[-2] == run.stdout.split("\n\n")[-2]
     other = treasure("demo", "--quick", "--model", "tiny-llama", "--steps", "3", "--out", out)
     assert other.returncode == 2 and "other settings" in other.stderr and "Traceback" not in other.stderr
+    changed = treasure(
+        "demo", "--quick", "--model", "tiny-llama", "--set", "learning_rate=3e-4", "--out", out
+    )
+    assert changed.returncode == 2 and "other settings" in changed.stderr
+    bad = treasure("demo", "--quick", "--set", "lr=1", "--out", out)
+    assert bad.returncode == 2 and "unknown setting 'lr'" in bad.stderr and "learning_rate" in bad.stderr
+
+
+def test_tail_values_and_by_frequency_split_records_by_training_share():
+    train = [{"markers": {"task": "QA"}}] * 19 + [{"markers": {"task": "CodeFix"}}]
+    tails = score.tail_values(train, ("task",), 0.1)
+    assert tails == {"task": {"CodeFix"}}
+    held = [{"markers": {"task": "QA"}}, {"markers": {"task": "CodeFix"}}, {"markers": {"task": "QA"}}, {}]
+    groups = score.by_frequency(held, {"a": [-1.0, -3.0, -2.0, -9.0], "b": [0.0, math.nan, -1.0, 0.0]}, tails)
+    # a record any arm could not score (nan) is left out of its group for every arm, so arms share their n
+    assert groups["task head"] == {"n": 2, "a": -1.5, "b": -0.5}
+    assert groups["task tail"] == {"n": 0, "a": None, "b": None}
 
 
 @pytest.mark.slow

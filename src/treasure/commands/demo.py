@@ -120,7 +120,15 @@ def run_real(args: argparse.Namespace) -> int:
     _quiet()
     kw: dict = {"device": args.device}
     if args.quick:
-        kw.update(steps=2, n_length_prompts=2, limits=(20,), n_infer=4, n_quality_pairs=2)
+        kw.update(
+            steps=2,
+            n_length_prompts=2,
+            limits=(20,),
+            n_infer=4,
+            n_quality_pairs=2,
+            n_format_prompts=1,
+            format_tokens=16,
+        )
     if args.seeds is not None:
         kw["seeds"] = tuple(range(args.seeds))
     if args.steps is not None:

@@ -10,14 +10,15 @@ from typing import Any
 PAPER_INFERENCE = {"domain": "75", "task": "54", "format": "47", "length_bucket": ""}
 
 
-def _ms(values: list[float], pct: bool = True) -> str:
+def _ms(values: list[float], pct: bool = True, digits: int = 1) -> str:
+    """Mean ± standard deviation over seeds (the value alone for one seed), as a percentage unless not `pct`."""
     k = 100.0 if pct else 1.0
-    vals = [v * k for v in values]
+    vals = [v * k for v in values if v is not None]
     if not vals:
         return "n/a"
     if len(vals) == 1:
-        return f"{vals[0]:.1f}"
-    return f"{mean(vals):.1f} ± {stdev(vals):.1f}"
+        return f"{vals[0]:.{digits}f}"
+    return f"{mean(vals):.{digits}f} ± {stdev(vals):.{digits}f}"
 
 
 def summary_table(results: dict[str, Any]) -> list[str]:
@@ -44,6 +45,22 @@ def summary_table(results: dict[str, Any]) -> list[str]:
         f"{_ms(col('median_ratio', 'fixed'))} | |"
     )
     rows.append(
+        "| does the length follow the limit? Spearman of words vs limit (1 = grows with it, 0 = not at all) | "
+        f"{_ms(col('follows_limit', 'baseline'), False, 2)} | {_ms(col('follows_limit', 'inferred'), False, 2)} | "
+        f"{_ms(col('follows_limit', 'fixed'), False, 2)} | |"
+    )
+    limits = [str(x) for x in results["config"]["limits"]]
+    rows.append(
+        f"| median words at limit {' / '.join(limits)} | "
+        + " | ".join(
+            " / ".join(_ms([c[cond]["median_words_by_limit"][lim] for c in length], False) for lim in limits)
+            if "median_words_by_limit" in length[0][cond]
+            else "n/a"
+            for cond in ("baseline", "inferred", "fixed")
+        )
+        + " | |"
+    )
+    rows.append(
         f"| empty answers (count) | {_ms(col('empty', 'baseline'), False)} | {_ms(col('empty', 'inferred'), False)} | "
         f"{_ms(col('empty', 'fixed'), False)} | |"
     )
@@ -54,6 +71,25 @@ def summary_table(results: dict[str, Any]) -> list[str]:
         f"bucket 1: {_ms([x['quality_bucket 1'] for x in q])}; bucket 4: {_ms([x['quality_bucket 4'] for x in q])} | "
         "not reported as a number |"
     )
+    if all("format" in e for e in ev):
+        f = [e["format"]["conditions"] for e in ev]
+        names = list(f[0]["fixed"]["by_format"])
+        rows.append(
+            f"| format control: compliance by the format annotator (n={ev[0]['format']['n']}: "
+            f"{', '.join(names)}; baseline and inferred: asked in words; fixed: the `format` marker) | "
+            + " | ".join(_ms([x[c]["compliance_rate"] for x in f]) for c in ("baseline", "inferred", "fixed"))
+            + " | not reported as a number |"
+        )
+    if all("tail" in e for e in ev):
+        for group in ev[0]["tail"]["groups"]:
+            g = [e["tail"]["groups"][group] for e in ev]
+            if not g[0]["n"]:
+                continue
+            rows.append(
+                f"| long tail: held-out reply log-prob per token, {group} (n={g[0]['n']}; tail = under "
+                f"{100 * ev[0]['tail']['tail_share']:.0f}% of training) | {_ms([x['baseline'] for x in g], False, 2)} | "
+                f"{_ms([x['markers'] for x in g], False, 2)} | | +9.1 win rate on rare domains |"
+            )
     for cat in ("task", "domain", "format", "length_bucket"):
         vals = [e["inference"][cat]["accuracy"] for e in ev if cat in e["inference"]]
         if not vals:

@@ -24,6 +24,14 @@ from treasure.demo import score
 from treasure.demo.data import prepare_data
 
 INFER_CATEGORIES = ("task", "domain", "format", "length_bucket")
+TAIL_CATEGORIES = ("task", "domain")
+# The request in words for each format the report controls (the `format` marker asks for the same thing).
+FORMAT_REQUESTS = {
+    "Enumeration": "Answer with a numbered list.",
+    "JSON": "Answer with a JSON document only.",
+    "Markdown": "Format your answer in Markdown, with headings.",
+    "Tabular": "Present your answer as a table.",
+}
 
 
 @dataclass
@@ -42,6 +50,8 @@ class DemoConfig:
     n_length_prompts: int = 12  # held-out prompts, each asked at every limit
     n_infer: int = 48  # held-out prompts whose block the marker arm writes
     n_quality_pairs: int = 16  # held-out prompts with a top- and a bottom-ranked reply
+    n_format_prompts: int = 4  # held-out prompts, each asked for every format of FORMAT_REQUESTS
+    format_tokens: int = 96  # enough for a list, a table or a JSON object to be recognisable
     eval_seed: int = 0
     device: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)  # more `treasure train` keys for both arms
@@ -111,8 +121,10 @@ def evaluate_arms(
     """Every measurement of one seed's two arms on the held-out records."""
     import torch
 
+    from treasure.evaluate.control import format_ok
     from treasure.evaluate.marker_accuracy import marker_accuracy
     from treasure.generate.engine import Generator
+    from treasure.stats import TAIL_SHARE
     from treasure.train.bundle import load_bundle
 
     dtype = torch.float32
@@ -173,6 +185,57 @@ def evaluate_arms(
     out["inference"] = {
         c: {"accuracy": s["accuracy"], "n": s["n"], "missing": s["missing"]} for c, s in acc.items()
     }
+
+    # The long tail: the held-out human reply's likelihood per token, baseline vs the marker arm after the block it
+    # wrote itself (inferred), over the head and the tail (< TAIL_SHARE of training) of task and domain.
+    items = [(r["messages"][:-1], r["messages"][-1]["content"]) for r in infer]
+    lp = {
+        "baseline": score.reply_logprobs(gens["baseline"].bundle, items, None),
+        "markers": score.reply_logprobs(
+            gens["markers"].bundle, items, [o.markers for o in outs], in_prompt=False
+        ),
+    }
+    out["tail"] = {
+        "measure": "mean log-probability per token of the held-out human reply (first 96 tokens)",
+        "tail_share": TAIL_SHARE,
+        "groups": score.by_frequency(infer, lp, score.tail_values(train, TAIL_CATEGORIES, TAIL_SHARE)),
+    }
+
+    # Format control: a fixed `format` marker on the bare prompt vs the same request written in words.
+    fprompts = score.sample(
+        score.first_per_tree(score.single_turn(test)), cfg.n_format_prompts, cfg.eval_seed + 3
+    )
+    fmt_out: dict[str, Any] = {"n": len(fprompts) * len(FORMAT_REQUESTS), "conditions": {}}
+    for name, gen, in_words in (
+        ("baseline", gens["baseline"], True),
+        ("inferred", gens["markers"], True),
+        ("fixed", gens["markers"], False),
+    ):
+        rows, targets = [], []
+        for target, request in FORMAT_REQUESTS.items():
+            for r in fprompts:
+                text = r["messages"][0]["content"] + (f"\n\n{request}" if in_words else "")
+                rows.append([{"role": "user", "content": text}])
+                targets.append(target)
+        fixed = None if in_words else [{"format": t} for t in targets]
+        outs_f = gen.generate_batch(
+            rows,
+            fixed,
+            mode="inferred" if in_words else "fixed",
+            max_new_tokens=cfg.format_tokens,
+            batch_size=16,
+        )
+        ok = [format_ok(o.text, t) for o, t in zip(outs_f, targets, strict=True)]
+        fmt_out["conditions"][name] = {
+            "compliance_rate": sum(ok) / len(ok) if ok else 0.0,
+            "by_format": {
+                t: sum(k for k, tt in zip(ok, targets, strict=True) if tt == t) for t in FORMAT_REQUESTS
+            },
+            "samples": [{"format": t, "text": o.text[:200]} for o, t in zip(outs_f, targets, strict=True)][
+                ::4
+            ],
+        }
+    out["format"] = fmt_out
 
     # The quality lever: does conditioning on bucket 1 (best) prefer the human top-ranked reply more than bucket 4?
     pairs = score.quality_pairs(test, cfg.n_quality_pairs, cfg.eval_seed + 2)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from statistics import median
 from typing import Any
 
@@ -123,27 +123,27 @@ def quality_pairs(records: list[dict], n: int, seed: int) -> list[tuple[list[dic
 def reply_logprobs(
     bundle: Any,
     items: list[tuple[list[dict], str]],
-    markers: dict[str, Any] | None,
+    markers: dict[str, Any] | list[dict[str, Any]] | None,
     *,
+    in_prompt: bool = True,
     max_reply_tokens: int = 96,
     batch_size: int = 4,
 ) -> list[float]:
-    """Mean log-probability per token of each reply after its conversation, with `markers` in the prompt and (for
-    a bundle whose completions start with a block) as the completion's block, as training rendered them."""
+    """Mean log-probability per token of each reply after its conversation, with `markers` (one dict for all
+    items, or one per item) in the prompt (unless `in_prompt` is False) and, for a bundle whose completions start
+    with a block, as the completion's block, as training rendered them."""
     import torch
 
     from treasure.markers import SEPARATOR
 
     tok, model = bundle.tokenizer, bundle.model
     writes_block = bundle.markers.mode == "markers" and bundle.markers.completion_markers
-    prefix = ""
-    if writes_block and markers:
-        prefix = bundle.render_block(markers) + SEPARATOR[bundle.markers.format]
+    per_item = markers if isinstance(markers, list) else [markers] * len(items)
     rows = []
-    for messages, reply in items:
-        head = tok(bundle.prompt(messages, markers=markers or None) + prefix, add_special_tokens=False)[
-            "input_ids"
-        ]
+    for (messages, reply), m in zip(items, per_item, strict=True):
+        prefix = bundle.render_block(m) + SEPARATOR[bundle.markers.format] if writes_block and m else ""
+        shown = m if in_prompt and m else None
+        head = tok(bundle.prompt(messages, markers=shown) + prefix, add_special_tokens=False)["input_ids"]
         body = tok(reply, add_special_tokens=False)["input_ids"][:max_reply_tokens]
         rows.append((head, body))
     out: list[float] = []
@@ -164,6 +164,37 @@ def reply_logprobs(
                 pos = torch.arange(len(h) - 1, len(h) + len(b) - 1, device=device)
                 target = ids[i, len(h) : len(h) + len(b)].to(device)
                 out.append(float(logp[i, pos, target].mean()) if len(b) else math.nan)
+    return out
+
+
+def tail_values(train: list[dict], categories: tuple[str, ...], share: float) -> dict[str, set]:
+    """Per category, the values that mark fewer than `share` of the training records (the long tail)."""
+    out: dict[str, set] = {}
+    for cat in categories:
+        counts = Counter(r.get("markers", {}).get(cat) for r in train)
+        counts.pop(None, None)
+        out[cat] = {v for v, k in counts.items() if k / len(train) < share}
+    return out
+
+
+def by_frequency(
+    records: list[dict], scores: dict[str, list[float]], tails: dict[str, set]
+) -> dict[str, dict[str, Any]]:
+    """Mean of each arm's per-record score over the head and the tail of each category (by training share)."""
+    out: dict[str, dict[str, Any]] = {}
+    for cat, tail in tails.items():
+        for part in ("head", "tail"):
+            idx = [
+                i
+                for i, r in enumerate(records)
+                if r.get("markers", {}).get(cat) is not None
+                and (r["markers"][cat] in tail) == (part == "tail")
+                and all(not math.isnan(v[i]) for v in scores.values())
+            ]
+            out[f"{cat} {part}"] = {
+                "n": len(idx),
+                **{arm: (sum(v[i] for i in idx) / len(idx) if idx else None) for arm, v in scores.items()},
+            }
     return out
 
 
