@@ -15,7 +15,7 @@ from test_suite import treasure
 
 from treasure.arms import read_jsonl
 from treasure.demo import score
-from treasure.demo.data import shipped_oasst
+from treasure.demo.data import shipped_humanevalpack, shipped_oasst
 
 
 def test_shipped_data_is_the_documented_file():
@@ -24,6 +24,9 @@ def test_shipped_data_is_the_documented_file():
     digest = hashlib.sha256(shipped_oasst().read_bytes()).hexdigest()
     assert digest == "b92db3f1db324f5aa3c5d75ed65a451b54063de1de7370506233c9917043bd66"
     assert "Apache-2.0" in (shipped_oasst().parent / "SOURCE.md").read_text()
+    digest = hashlib.sha256(shipped_humanevalpack().read_bytes()).hexdigest()
+    assert digest == "b1376d72be4bd016a62ad043d9de3846edb8d63edf1222da802a31330c14c3a7"
+    assert "MIT" in (shipped_humanevalpack().parent / "SOURCE.md").read_text()
 
 
 def test_length_summary_counts_violations_and_ratios():
@@ -88,6 +91,10 @@ def test_demo_quick_on_tiny_llama_end_to_end(tmp_path):
     assert set(groups) == {"task head", "task tail", "domain head", "domain tail"}
     assert sum(groups[g]["n"] for g in ("task head", "task tail")) <= 4
     assert "format control" in run.stdout and "follow the limit" in run.stdout
+    repair = seed["eval"]["code_repair"]
+    assert repair["n"] == 2 and len(set(repair["problems"])) == 2 and "HumanEvalFix" in run.stdout
+    for cond in ("baseline", "inferred", "fixed"):
+        assert 0.0 <= repair["conditions"][cond]["pass_at_1"] <= 1.0
     # a second run resumes: nothing is trained again, the same table comes out
     stamp = (out / "seed0" / "markers" / "train.json").stat().st_mtime
     again = treasure("demo", "--quick", "--model", "tiny-llama", "--out", out)

@@ -128,6 +128,8 @@ def run_real(args: argparse.Namespace) -> int:
             n_quality_pairs=2,
             n_format_prompts=1,
             format_tokens=16,
+            n_code_repair=2,
+            code_tokens=16,
         )
     if args.seeds is not None:
         kw["seeds"] = tuple(range(args.seeds))

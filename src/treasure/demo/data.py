@@ -14,11 +14,17 @@ from pathlib import Path
 from treasure.arms import write_jsonl
 
 OASST_FILE = "oasst1_en_validation.jsonl"
+HUMANEVALPACK_FILE = "humanevalpack_python.jsonl"
 
 
 def shipped_oasst() -> Path:
     """The packaged oasst1 English validation messages (Apache-2.0; data/SOURCE.md)."""
     return Path(str(files("treasure.demo") / "data" / OASST_FILE))
+
+
+def shipped_humanevalpack() -> Path:
+    """The packaged HumanEvalPack Python problems with their buggy solutions (MIT; data/SOURCE.md)."""
+    return Path(str(files("treasure.demo") / "data" / HUMANEVALPACK_FILE))
 
 
 def prepare_data(

@@ -90,6 +90,14 @@ def summary_table(results: dict[str, Any]) -> list[str]:
                 f"{100 * ev[0]['tail']['tail_share']:.0f}% of training) | {_ms([x['baseline'] for x in g], False, 2)} | "
                 f"{_ms([x['markers'] for x in g], False, 2)} | | +9.1 win rate on rare domains |"
             )
+    if all("code_repair" in e for e in ev):
+        c = [e["code_repair"]["conditions"] for e in ev]
+        rows.append(
+            f"| CodeRepair: HumanEvalFix pass@1 in the sandbox (n={ev[0]['code_repair']['n']} problems; "
+            "fixed = + task CodeFix, domain Code) | "
+            + " | ".join(_ms([x[k]["pass_at_1"] for x in c]) for k in ("baseline", "inferred", "fixed"))
+            + " | +14.1% relative |"
+        )
     for cat in ("task", "domain", "format", "length_bucket"):
         vals = [e["inference"][cat]["accuracy"] for e in ev if cat in e["inference"]]
         if not vals:

@@ -52,6 +52,8 @@ class DemoConfig:
     n_quality_pairs: int = 16  # held-out prompts with a top- and a bottom-ranked reply
     n_format_prompts: int = 4  # held-out prompts, each asked for every format of FORMAT_REQUESTS
     format_tokens: int = 96  # enough for a list, a table or a JSON object to be recognisable
+    n_code_repair: int = 8  # HumanEvalFix problems (a seeded sample of the shorter half; 164 with a GPU)
+    code_tokens: int = 192
     eval_seed: int = 0
     device: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)  # more `treasure train` keys for both arms
@@ -236,6 +238,8 @@ def evaluate_arms(
             ],
         }
     out["format"] = fmt_out
+    if cfg.n_code_repair:
+        out["code_repair"] = code_repair(cfg, gens)
 
     # The quality lever: does conditioning on bucket 1 (best) prefer the human top-ranked reply more than bucket 4?
     pairs = score.quality_pairs(test, cfg.n_quality_pairs, cfg.eval_seed + 2)
@@ -250,6 +254,38 @@ def evaluate_arms(
         quality[name] = score.preference_rate(top, bottom)
     out["quality"] = quality
     return out
+
+
+# The CodeRepair row's fixed markers: what the annotators give a bug-fixing request.
+CODE_REPAIR_MARKERS = {"task": "CodeFix", "domain": "Code"}
+
+
+def code_repair(cfg: DemoConfig, gens: dict[str, Any]) -> dict[str, Any]:
+    """HumanEvalFix pass@1 in the sandbox: baseline vs markers inferred vs markers fixed (task CodeFix)."""
+    from treasure.demo.data import shipped_humanevalpack
+    from treasure.evaluate.code_repair import build_fix_prompt, load_problems, pass_at_1
+
+    problems = sorted(
+        load_problems(shipped_humanevalpack()), key=lambda p: (len(p.buggy_solution), p.task_id)
+    )
+    chosen = score.sample(problems[: len(problems) // 2], cfg.n_code_repair, cfg.eval_seed + 4)
+    convs = [[{"role": "user", "content": build_fix_prompt(p)}] for p in chosen]
+    res: dict[str, Any] = {"n": len(chosen), "problems": [p.task_id for p in chosen], "conditions": {}}
+    for name, gen, fixed in (
+        ("baseline", gens["baseline"], None),
+        ("inferred", gens["markers"], None),
+        ("fixed", gens["markers"], [CODE_REPAIR_MARKERS] * len(chosen)),
+    ):
+        outs = gen.generate_batch(
+            convs,
+            fixed,
+            mode="fixed" if fixed else "inferred",
+            max_new_tokens=cfg.code_tokens,
+            batch_size=len(convs),
+        )
+        scored = pass_at_1(chosen, [o.text for o in outs])
+        res["conditions"][name] = {"pass_at_1": scored.pass_at_1, "passed": scored.passed}
+    return res
 
 
 def run_demo(cfg: DemoConfig, out: Path, *, on_stage: Callable[[str], None] = print) -> dict[str, Any]:
