@@ -129,3 +129,35 @@ def test_demo_quick_on_smollm2(tmp_path):
     run = treasure("demo", "--quick", "--out", tmp_path / "demo", timeout=1800)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "word-limit violations" in run.stdout
+
+
+def _results(steps: int, fixed_violations: list[float]) -> dict:
+    def seed(v: float) -> dict:
+        cond = {"violation_rate": v, "follows_limit": 0.5, "median_ratio": 0.8}
+        return {
+            "train": {"markers": {"seconds": 10.0}},
+            "eval": {
+                "length": {"conditions": {"baseline": cond, "inferred": cond, "fixed": cond}},
+                "inference": {c: {"accuracy": 0.25} for c in ("task", "domain", "format", "length_bucket")},
+                "quality": {"quality_bucket 1": 0.5, "quality_bucket 4": 0.5},
+            },
+        }
+
+    config = {"model": "m", "steps": steps, "learning_rate": 1e-3, "extra": {}}
+    return {"config": config, "seeds": {str(i): seed(v) for i, v in enumerate(fixed_violations)}}
+
+
+def test_compare_tabulates_runs_by_the_setting_that_differs(tmp_path):
+    for name, res in (("a", _results(8, [0.5])), ("b", _results(32, [0.2, 0.4]))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(res))
+    run = treasure("demo", "--compare", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "curves")
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [r for r in run.stdout.splitlines() if r.startswith("| steps=")]
+    assert len(rows) == 2 and "learning_rate" not in rows[0]  # only the setting that differs names a row
+    assert rows[0].startswith("| steps=8 | 1 | 50.0 / 50.0 / 50.0 |")
+    assert rows[1].startswith("| steps=32 | 2 | 30.0 / 30.0 / 30.0 |")  # the mean over the run's seeds
+    assert "n/a" in rows[0]  # no format control in these runs: said, not invented
+    assert (tmp_path / "curves" / "curves.png").stat().st_size > 1000
+    missing = treasure("demo", "--compare", tmp_path / "nope")
+    assert missing.returncode == 2 and "no results.json" in missing.stderr

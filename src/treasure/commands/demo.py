@@ -26,7 +26,18 @@ def register(sub) -> None:
         help="fine-tune and compare a baseline and a marker arm of SmolLM2 on OpenAssistant data (CPU, ~20 min)",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
-    p.add_argument("--out", default="demo_out", help="output folder (default: demo_out; reused to resume)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default: demo_out, reused to resume; with --compare: demo_curves)",
+    )
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="DIR",
+        default=None,
+        help="tabulate finished demo runs that differ in one setting (their --out folders) instead of running one",
+    )
     p.add_argument(
         "--suite",
         action="store_true",
@@ -105,6 +116,9 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.compare:
+        return run_compare(args)
+    args.out = args.out or "demo_out"
     if not args.suite:
         return run_real(args)
     return run_suite(args)
@@ -152,6 +166,16 @@ def run_real(args: argparse.Namespace) -> int:
     print()
     print("\n".join(summary_table(results)))
     print(f"\nreport: {paths['md']}  {paths['json']}  ({minutes:.1f} min this run)")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from treasure.demo.curves import curve_rows, load_runs, write_curves
+
+    folders = [Path(d) for d in args.compare]
+    paths = write_curves(folders, Path(args.out or "demo_curves"))
+    print("\n".join(curve_rows(load_runs(folders))[0]))
+    print(f"\ncurves: {paths['md']}  {paths['png']}")
     return 0
 
 
