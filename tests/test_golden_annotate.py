@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import os
 import signal
@@ -24,7 +23,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from treasure.cli import build_parser, main
+from treasure.cli import build_parser
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[1]
@@ -41,17 +40,34 @@ def check(path: Path, got: bytes) -> None:
     assert got == path.read_bytes(), f"{path.name}: differs from the golden copy"
 
 
-def cli(*argv: str) -> tuple[int, str, str]:
-    """The command in this process (the models' imports are paid once), with its stdout and stderr."""
+# Runs `treasure` once per argv in one fresh process (the models' imports are paid once, and the in-process caches
+# of the annotators stay out of this test process): prints [[rc, stdout, stderr], ...] as JSON.
+_RUN_MANY = """
+import contextlib, io, json, sys
+from treasure.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in argv])
-    return rc, out.getvalue(), err.getvalue()
+        rc = main(argv)
+    results.append([rc, out.getvalue(), err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def cli(*argvs: list[str], cwd: Path | None = None) -> list[tuple[int, str, str]]:
+    """`treasure ARGV` for each argv, as the command runs them, in one fresh process."""
+    argvs_json = json.dumps([[str(a) for a in argv] for argv in argvs])
+    proc = subprocess.run(
+        [sys.executable, "-c", _RUN_MANY, argvs_json], capture_output=True, text=True, cwd=cwd
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [tuple(r) for r in json.loads(proc.stdout)]
 
 
 def test_sample_output_is_byte_identical(tmp_path):
     out = tmp_path / "out.jsonl"
-    rc, stdout, stderr = cli("annotate", SAMPLE, "-o", out)
+    [(rc, stdout, stderr)] = cli(["annotate", SAMPLE, "-o", out])
     assert rc == 0, stderr
     assert stdout.startswith("annotate: read 126, written 126, rejected 0 in ")
     check(OUTPUT, out.read_bytes())
@@ -82,21 +98,21 @@ def test_resumed_run_is_byte_identical(tmp_path):
     assert out.read_bytes() == OUTPUT.read_bytes()
 
 
-def test_explain_is_unchanged(monkeypatch):
-    monkeypatch.chdir(REPO)  # the report names the file as given: keep it relative
-    rel = OUTPUT.relative_to(REPO)
-    reports, texts = [], []
-    for rid, *extra in EXPLAIN:
-        rc, stdout, stderr = cli("annotate", rel, "--explain", rid, *extra, "--json")
+def test_explain_is_unchanged():
+    rel = OUTPUT.relative_to(REPO)  # the report names the file as given: keep it relative
+    argvs = [
+        ["annotate", rel, "--explain", rid, *extra, *fmt]
+        for rid, *extra in EXPLAIN
+        for fmt in (["--json"], [])
+    ]
+    results = cli(*argvs, cwd=REPO)
+    for rc, _, stderr in results:
         assert rc == 0, stderr
-        reports.append(json.loads(stdout))
-        rc, stdout, stderr = cli("annotate", rel, "--explain", rid, *extra)
-        assert rc == 0, stderr
-        texts.append(stdout)
+    reports = [json.loads(stdout) for _, stdout, _ in results[0::2]]
     check(
         GOLDEN / "annotate_explain.json", (json.dumps(reports, ensure_ascii=False, indent=1) + "\n").encode()
     )
-    check(GOLDEN / "annotate_explain.txt", "".join(texts).encode())
+    check(GOLDEN / "annotate_explain.txt", "".join(stdout for _, stdout, _ in results[1::2]).encode())
 
 
 def _flags(parser: argparse.ArgumentParser) -> list[dict]:
