@@ -16,12 +16,12 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from importlib import resources
 from pathlib import Path
+
+from test_annotate_llm import kill_9_when
 
 from treasure.cli import build_parser
 
@@ -80,16 +80,13 @@ def test_resumed_run_is_byte_identical(tmp_path):
     cmd = [sys.executable, "-m", "treasure.cli", "annotate", str(SAMPLE), "-o", str(out), "--chunk-size", "8"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     state = tmp_path / "out.jsonl.progress.json"
-    deadline = time.time() + 300
-    consumed = 0
-    while time.time() < deadline and proc.poll() is None:
+
+    def first_chunk_on_disk() -> bool:
         with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
-            consumed = json.loads(state.read_text()).get("consumed", 0)
-        if consumed >= 8:
-            break
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+            return json.loads(state.read_text()).get("consumed", 0) >= 8
+        return False
+
+    kill_9_when(proc, first_chunk_on_disk, timeout=300)
     consumed = json.loads(state.read_text())["consumed"]
     assert 0 < consumed < 126, "the kill must land mid-run"
     again = subprocess.run(cmd, capture_output=True, text=True)
