@@ -16,7 +16,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from treasure.annotate.pipeline import AnnotateOptions, run_annotate
+from treasure.annotate.options import AnnotateOptions
+from treasure.annotate.pipeline import run_annotate
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 HEURISTIC = ["length_tokens", "length_sentences", "length_paragraphs", "length_bucket", "format", "code_type",

@@ -32,8 +32,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the stub endpoint lives with the tests
 
-from treasure.annotate.llm import LLMSettings, llm_chunk_size  # noqa: E402
-from treasure.annotate.pipeline import AnnotateOptions, run_annotate  # noqa: E402
+from treasure.annotate.llm import llm_chunk_size  # noqa: E402
+from treasure.annotate.options import AnnotateOptions, LLMSettings  # noqa: E402
+from treasure.annotate.pipeline import run_annotate  # noqa: E402
 
 LENGTH = ["length_tokens", "length_sentences", "length_paragraphs", "length_bucket"]
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer
 
-from treasure.annotate.pipeline import AnnotateOptions, run_annotate
+from treasure.annotate.options import AnnotateOptions
+from treasure.annotate.pipeline import run_annotate
 from treasure.markers import compact_tokens, render_block
 from treasure.records import load_records
 from treasure.taxonomy import paper_taxonomy

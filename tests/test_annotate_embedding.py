@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from treasure.annotate import embedding as emb
-from treasure.annotate.pipeline import MarkerNote
+from treasure.annotate.base import MarkerNote
 from treasure.errors import RecordError, TaxonomyError
 from treasure.taxonomy import paper_taxonomy, parse_taxonomy
 

@@ -12,14 +12,14 @@ from openai_stub import StubConfig, StubServer
 
 from treasure.annotate.llm import (
     LLMAnnotator,
-    LLMSettings,
     load_fewshot,
     parse_answer,
     render_conversation,
     response_format,
     system_prompt,
 )
-from treasure.annotate.pipeline import AnnotateOptions, run_annotate
+from treasure.annotate.options import AnnotateOptions, LLMSettings
+from treasure.annotate.pipeline import run_annotate
 from treasure.errors import TreasureError
 from treasure.taxonomy import parse_taxonomy
 

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from treasure.annotate.pipeline import AnnotateOptions, run_annotate
+from treasure.annotate.options import AnnotateOptions
+from treasure.annotate.pipeline import run_annotate
 from treasure.errors import RecordError, TreasureError
 
 FAST = ["length_tokens", "length_sentences", "length_paragraphs", "length_bucket", "source"]

@@ -5,7 +5,8 @@ from importlib import resources
 
 import pytest
 
-from treasure.annotate.pipeline import AnnotateOptions, run_annotate
+from treasure.annotate.options import AnnotateOptions
+from treasure.annotate.pipeline import run_annotate
 from treasure.annotate.quality import QualityAnnotator, assign_quality_buckets, quartile_bucket
 from treasure.errors import TreasureError
 

@@ -10,8 +10,8 @@ from openai_stub import StubConfig, StubServer
 from test_annotate_llm import kill_9_when
 from test_annotate_quality import make_reward_model
 
-from treasure.annotate.llm import LLMSettings
-from treasure.annotate.pipeline import AnnotateOptions, run_annotate
+from treasure.annotate.options import AnnotateOptions, LLMSettings
+from treasure.annotate.pipeline import run_annotate
 from treasure.annotate.ray_engine import plan_shards, read_shard
 from treasure.errors import RecordError, TreasureError
 from treasure.records import iter_raw

@@ -568,3 +568,13 @@ class CodeTypeAnnotator:
             lang = detect_code_type(last_assistant(rec))
             out.append({"code_type": lang} if lang else {})
         return out
+
+    def explain(self, records: list[dict]) -> list[dict[str, dict]]:
+        """Per record: the response's code blocks and the language each was read as."""
+        out = []
+        for rec in records:
+            blocks = [{"language": lang, "lines": n} for lang, n in code_blocks(last_assistant(rec))]
+            out.append(
+                {"code_type": {"code_blocks": blocks, "rule": "the language with the most code lines"}}
+            )
+        return out

@@ -60,6 +60,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from treasure.annotate.base import MarkerNote
 from treasure.errors import RecordError, TaxonomyError, TreasureError
 from treasure.records import prompt_text
 from treasure.taxonomy import Taxonomy
@@ -832,8 +833,6 @@ class EmbeddingAnnotator:
 
     def _answer(self, cat: str, p: Prediction | None) -> Any:
         """The marker for one prediction: a value, or a MarkerNote when it is Unspecified or left out."""
-        from treasure.annotate.pipeline import MarkerNote  # here: pipeline imports this module lazily
-
         if p is None:
             return MarkerNote(self._models[cat].fallback, "no user prompt to classify")
         if p.value != p.best:

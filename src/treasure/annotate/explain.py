@@ -4,16 +4,14 @@ FILE is usually an annotated output (it holds `marker_provenance`, `marker_notes
 scores of the whole dataset), but raw input works too. The record's annotator-made markers are set aside and the
 annotators, built from the same options as an `annotate` run, are run again on it, each asked for its evidence:
 
-- an annotator with an `explain(records) -> [{category: {evidence}}]` method gives its own (the LLM: its raw
-  answers, attempts, whether they came from the cache; the reward model: the raw score, tokens, truncation);
-- the annotators that have no hook yet are explained here from their modules' public functions: length
-  (tokenizer and count), fields (the path and its raw value), format (the detectors that fire), code (the code
-  blocks and their languages), language (the identified language and its probability); any other annotator
-  shows the value it gives again;
+- each annotator answers through its `explain(records)` hook (annotate/base.py): length its tokenizer and count,
+  fields the path and its raw value, format the detectors that fire, code the code blocks and their languages,
+  language the identified language and its probability, the embedding classifier its scores and runner-up, the
+  LLM its raw answers, attempts and whether they came from the cache, the reward model its raw score, tokens and
+  truncation;
 - `quality_bucket` shows the record's language group, its size and how many records in it scored higher.
 
 A value that differs from the file's is flagged: the file was written with other settings than these.
-Annotators may add `explain` at any time; nothing else has to change.
 """
 
 from __future__ import annotations
@@ -23,18 +21,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from treasure.annotate.base import Annotator
-from treasure.annotate.pipeline import (
-    NOTES_KEY,
-    PROVENANCE_KEY,
-    AnnotateOptions,
-    apply_annotators,
-    build_annotators,
-    close_annotators,
-    dataset_level_categories,
-)
+from treasure.annotate.base import NOTES_KEY, PROVENANCE_KEY, Annotator, apply_annotators
+from treasure.annotate.options import AnnotateOptions
+from treasure.annotate.registry import build_annotators, close_annotators, dataset_level_categories
 from treasure.errors import RecordError, TreasureError
-from treasure.records import last_assistant, prompt_text, read_records
+from treasure.records import read_records
 from treasure.taxonomy import Taxonomy, load_taxonomy
 
 
@@ -55,71 +46,13 @@ def find_record(
     raise TreasureError(f"{path}: no record with {id_field} = {record_id!r} (or use line:N)")
 
 
-def _builtin_evidence(ann: Annotator, record: dict) -> dict[str, dict] | None:
-    """Evidence for the annotators that have no `explain` hook of their own."""
-    inner = getattr(ann, "inner", ann)  # the pipeline's category restriction wraps the length annotator
-    kind = type(inner).__name__
-    if kind == "LengthAnnotator":
-        from treasure.annotate.length import CONCISE_MAX, MEDIUM_MAX
-
-        text = last_assistant(record)
-        n = inner.count_tokens([text])[0]
-        found = inner.annotate([record])[0]
-        rules = {
-            "length_tokens": {"tokenizer": inner.name.split(":", 1)[-1], "tokens": n},
-            "length_sentences": {
-                "rule": "ends at . ! ? (and CJK/Devanagari/Arabic forms); a code block is one"
-            },
-            "length_paragraphs": {"rule": "blocks separated by a blank line"},
-            "length_bucket": {
-                "tokens": n,
-                "rule": f"concise < {CONCISE_MAX} <= medium <= {MEDIUM_MAX} < long",
-            },
-        }
-        return {c: {"value": found[c], **rules[c]} for c in ann.categories if c in found}
-    if kind == "FormatAnnotator":
-        from treasure.annotate.format import DETECTORS
-
-        text, prompt = last_assistant(record), prompt_text(record)
-        fired = [name for name, detect in DETECTORS.items()
-                 if (detect(text, prompt) if name == "MCQAnswer" else detect(text))]  # fmt: skip
-        return {"format": {"detectors_that_fire": fired, "rule": "the first in priority order wins"}}
-    if kind == "CodeTypeAnnotator":
-        from treasure.annotate.code import code_blocks
-
-        blocks = [{"language": lang, "lines": n} for lang, n in code_blocks(last_assistant(record))]
-        return {"code_type": {"code_blocks": blocks, "rule": "the language with the most code lines"}}
-    if kind == "LanguageAnnotator":
-        from treasure.annotate.language import conversation_text, identify
-
-        lang, p = identify(conversation_text(record, inner.max_chars_per_turn))
-        return {"language": {"identified": lang, "probability": round(p, 4)}}
-    if kind == "FieldAnnotator":
-        from treasure.annotate.fields import _MISSING, get_path
-
-        out = {}
-        for cat, path in inner.field_map.items():
-            raw = get_path(record, path)
-            out[cat] = {"field": path, "raw": None if raw is _MISSING else raw}
-        return out
-    return None
-
-
 def evidence(annotators: list[Annotator], record: dict, taxonomy: Taxonomy) -> tuple[dict, dict[str, dict]]:
     """The record re-annotated (a copy), and per category the evidence of the annotator that filled it."""
     redo = copy.deepcopy(record)
     found: dict[str, dict] = {}
     for ann in annotators:
         before = set(redo["markers"])  # markers from the input, or from an earlier annotator, stay theirs
-        hook = getattr(getattr(ann, "inner", ann), "explain", None)
-        if hook is not None:
-            per_cat = hook([redo])[0]
-        else:
-            per_cat = _builtin_evidence(ann, redo) or {
-                c: {"value": v, "evidence": "none: this annotator has no explain() hook"}
-                for c, v in ann.annotate([redo])[0].items()
-            }
-        for cat, ev in per_cat.items():
+        for cat, ev in ann.explain([redo])[0].items():
             if cat not in before and cat in taxonomy:
                 found.setdefault(cat, {"annotator": ann.name, **ev})
         apply_annotators([redo], [ann], taxonomy)  # later annotators see earlier markers, as in a run

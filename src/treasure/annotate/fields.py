@@ -83,3 +83,14 @@ class FieldAnnotator:
                     found[cat] = self._value(cat, raw, path)
             out.append(found)
         return out
+
+    def explain(self, records: list[dict]) -> list[dict[str, dict]]:
+        """Per record: each mapped field's path and its raw value (None: the record lacks it)."""
+        out = []
+        for rec in records:
+            per_cat = {}
+            for cat, path in self.field_map.items():
+                raw = get_path(rec, path)
+                per_cat[cat] = {"field": path, "raw": None if raw is _MISSING else raw}
+            out.append(per_cat)
+        return out

@@ -460,3 +460,13 @@ class FormatAnnotator:
             value = detect_format(last_assistant(rec), prompt_text(rec))
             out.append({"format": value} if value else {})
         return out
+
+    def explain(self, records: list[dict]) -> list[dict[str, dict]]:
+        """Per record: the detectors that fire on it; the first in priority order is the format."""
+        out = []
+        for rec in records:
+            text, prompt = last_assistant(rec), prompt_text(rec)
+            fired = [name for name, detect in DETECTORS.items()
+                     if (detect(text, prompt) if name == "MCQAnswer" else detect(text))]  # fmt: skip
+            out.append({"format": {"detectors_that_fire": fired, "rule": "the first in priority order wins"}})
+        return out

@@ -231,3 +231,11 @@ class LanguageAnnotator:
             lang, _ = identify(conversation_text(rec, self.max_chars_per_turn))
             out.append({"language": lang} if lang else {})
         return out
+
+    def explain(self, records: list[dict]) -> list[dict[str, dict]]:
+        """Per record: the identified language (in the taxonomy or not) and its probability."""
+        out = []
+        for rec in records:
+            lang, p = identify(conversation_text(rec, self.max_chars_per_turn))
+            out.append({"language": {"identified": lang, "probability": round(p, 4)}})
+        return out

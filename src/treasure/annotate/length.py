@@ -109,3 +109,22 @@ class LengthAnnotator:
                 }
             )
         return out
+
+    def explain(self, records: list[dict]) -> list[dict[str, dict]]:
+        """Per record: each value with the tokenizer and count or the rule behind it (for `--explain`)."""
+        counts = self.count_tokens([last_assistant(r) for r in records])
+        out = []
+        for found, n in zip(self.annotate(records), counts, strict=True):
+            rules = {
+                "length_tokens": {"tokenizer": self.name.split(":", 1)[-1], "tokens": n},
+                "length_sentences": {
+                    "rule": "ends at . ! ? (and CJK/Devanagari/Arabic forms); a code block is one"
+                },
+                "length_paragraphs": {"rule": "blocks separated by a blank line"},
+                "length_bucket": {
+                    "tokens": n,
+                    "rule": f"concise < {CONCISE_MAX} <= medium <= {MEDIUM_MAX} < long",
+                },
+            }
+            out.append({c: {"value": found[c], **rules[c]} for c in self.categories if c in found})
+        return out

@@ -37,12 +37,13 @@ import random
 import re
 import sqlite3
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from treasure.annotate.pipeline import MarkerNote
+from treasure.annotate.base import MarkerNote
+from treasure.annotate.options import LLMSettings
 from treasure.errors import TaxonomyError, TreasureError
 from treasure.records import last_assistant, prompt_text
 from treasure.taxonomy import Category, Taxonomy
@@ -55,42 +56,6 @@ UNSPECIFIED = "Unspecified"
 NONE_ANSWER = "none"  # offered to categories without Unspecified: "no value applies", leaves the marker out
 _RETRY_STATUS = {408, 409, 429}  # plus every 5xx
 _FATAL_STATUS = {401: "refused the API key", 403: "refused access", 404: "has no such model or route"}
-
-
-def _default_cache() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "treasure", "llm-cache.sqlite")
-
-
-@dataclass
-class LLMSettings:
-    """How to reach and prompt the model. Fields marked `fingerprint: False` do not change the output."""
-
-    model: str
-    base_url: str = field(default="http://127.0.0.1:8000/v1", metadata={"fingerprint": False})
-    categories: list[str] | None = None  # None: categories with `annotator: llm`, else the paper's three
-    fewshot: str | None = None  # JSONL of {"category", "value", "messages"}; None: the built-in examples
-    num_fewshot: int = 6  # examples per category (the first ones of the file, in order)
-    structured: str = "json_schema"  # json_schema | json_object | none: how the answer format is enforced
-    temperature: float = 0.0
-    max_tokens: int = 32
-    max_attempts: int = 3  # answers asked for before settling on Unspecified (invalid answers are corrected)
-    max_chars: int = 3000  # of each shown turn; longer turns keep their head and tail
-    concurrency: int = field(default=16, metadata={"fingerprint": False})
-    cache: str | None = field(
-        default=None, metadata={"fingerprint": False}
-    )  # path; None: default; "none": off
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"fingerprint": False})
-    timeout: float = field(default=60.0, metadata={"fingerprint": False})
-    max_retries: int = field(default=6, metadata={"fingerprint": False})  # per request, on 429/5xx/timeouts
-    backoff: float = field(
-        default=0.5, metadata={"fingerprint": False}
-    )  # first retry delay; doubles, max 30 s
-
-    def cache_path(self) -> str | None:
-        if self.cache is not None and self.cache.lower() == "none":
-            return None
-        return self.cache or _default_cache()
 
 
 def llm_chunk_size(concurrency: int) -> int:

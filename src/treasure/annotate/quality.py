@@ -23,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from treasure.annotate.base import PROVENANCE_KEY
 from treasure.errors import TreasureError
 from treasure.taxonomy import Taxonomy
 
@@ -151,7 +152,6 @@ def assign_quality_buckets(
     """Fill `quality_bucket` in an annotated JSONL file, in place (atomically). Returns how many records have a
     computed bucket. Buckets from the input (provenance "input") are kept; computed ones are recomputed, so
     running it twice gives the same file."""
-    from treasure.annotate.pipeline import PROVENANCE_KEY
     from treasure.records import dumps
 
     path = Path(path)

@@ -25,15 +25,14 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from treasure.annotate.pipeline import (
+from treasure.annotate.chunks import (
     Encoded,
     RunPlan,
-    _chunks,
-    _init_worker,
-    _process_chunk,
-    _progress_bar,
-    _write_state,
+    Worker,
+    chunked,
     encode_chunk,
+    progress_bar,
+    write_state,
 )
 from treasure.errors import RecordError, TreasureError
 from treasure.records import _iter_jsonl, iter_raw
@@ -117,7 +116,7 @@ class ShardWorker:
     """A Ray Data actor: loads the annotators once, then annotates whole shards."""
 
     def __init__(self, opts, in_path: str):
-        _init_worker(opts)
+        self.worker = Worker.load(opts)
         self.opts, self.path = opts, Path(in_path)
 
     def __call__(self, batch):
@@ -128,8 +127,10 @@ class ShardWorker:
             items = read_shard(self.path, self.opts.split, shard)
             outs, rejects, counts, error = [], [], {"read": 0, "written": 0, "rejected": 0, "noted": 0}, ""
             try:
-                for chunk in _chunks(iter(items), self.opts.chunk_size):
-                    enc: Encoded = encode_chunk(_process_chunk((str(self.path), chunk)), self.opts.on_error)
+                for chunk in chunked(iter(items), self.opts.chunk_size):
+                    enc: Encoded = encode_chunk(
+                        self.worker.process(str(self.path), chunk), self.opts.on_error
+                    )
                     outs.append(enc.out)
                     rejects.append(enc.rejects)
                     for key in counts:
@@ -220,7 +221,7 @@ def stream_ray(
             )
         shards, total = plan_shards(plan.in_path, opts.split, shard_size)
         state.update(shard_size=shard_size, shards=shards, total=total, input_size=size_now)
-        _write_state(plan.state_path, state)
+        write_state(plan.state_path, state)
     elif shard_size and shard_size != state["shard_size"]:
         raise TreasureError(
             f"resume with --shard-size {state['shard_size']} (the size this run was planned with)"
@@ -280,7 +281,7 @@ def _run_shards(plan: RunPlan, state: dict, pending: list[dict], num_workers, ad
             compute=ray.data.ActorPoolStrategy(size=min(workers, len(pending))),
             num_cpus=1,
         )
-        with _progress_bar(state["consumed"], progress) as bar:
+        with progress_bar(state["consumed"], progress) as bar:
             try:
                 for row in ds.iter_rows():
                     if row["error"]:
@@ -294,7 +295,7 @@ def _run_shards(plan: RunPlan, state: dict, pending: list[dict], num_workers, ad
                     state["consumed"] += counts["read"]
                     for key in ("written", "rejected", "noted"):
                         state[key] += counts[key]
-                    _write_state(plan.state_path, state)
+                    write_state(plan.state_path, state)
                     bar.update(counts["read"])
             except RecordError:
                 raise

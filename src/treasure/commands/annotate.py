@@ -8,8 +8,18 @@ import json
 import sys
 from pathlib import Path
 
+# The option fields with a flag, in the order --help lists them (the other flags are the run's, not options').
+BEFORE_REJECTS = ("taxonomy", "categories", "tokenizer", "field_map", "seeds", "on_error")
+LLM_FLAGS = ("model", "base_url", "categories", "concurrency", "cache", "fewshot", "num_fewshot", "structured",
+             "timeout", "max_retries", "max_attempts", "api_key_env")  # fmt: skip
+REWARD_FLAGS = ("reward_model", "reward_batch_size", "reward_max_length")
+AS_GIVEN = {"categories": None}  # comma-separated: split by _options
+
 
 def register(sub) -> None:
+    from treasure.annotate.options import AnnotateOptions, LLMSettings
+    from treasure.options import add_dataclass_arguments
+
     p = sub.add_parser(
         "annotate", help="fill markers: length, format, language, code, domain, task, quality, ..."
     )
@@ -20,60 +30,20 @@ def register(sub) -> None:
     p.add_argument(
         "-o", "--output", default=None, help="output .jsonl or .parquet (required unless --explain)"
     )
-    p.add_argument("--taxonomy", default=None, help="taxonomy YAML (default: the paper's)")
-    p.add_argument("--categories", default=None, help="comma-separated subset of categories to annotate")
-    p.add_argument(
-        "--tokenizer", default=None, help="tokenizer.json or local HF tokenizer folder for length_tokens"
-    )
-    p.add_argument("--map", action="append", default=[], metavar="CATEGORY=FIELD",
-                   help="fill a category from an input field, e.g. source=meta.origin (repeatable)")  # fmt: skip
-    p.add_argument(
-        "--seeds", default=None, help="extra labelled examples (JSONL) for the domain/task classifier"
-    )
-    p.add_argument("--on-error", choices=["fail", "skip"], default="fail")
+    add_dataclass_arguments(p, AnnotateOptions, names=BEFORE_REJECTS, types=AS_GIVEN)
     p.add_argument("--rejects", default=None, help="where skipped records go (default: OUTPUT.rejects.jsonl)")
     p.add_argument("--num-proc", type=int, default=None,
                    help="worker processes (default 1); with --engine ray: Ray workers (default: the cluster's CPUs)")  # fmt: skip
-    p.add_argument("--split", default=None, help="split of a saved DatasetDict")
-    p.add_argument("--chunk-size", type=int, default=None,
-                   help="records per batch and per progress step (default 512; with an LLM, 64 x --llm-concurrency)")  # fmt: skip
+    # --chunk-size None: 512, or more with an LLM (_options decides)
+    add_dataclass_arguments(p, AnnotateOptions, names=("split", "chunk_size"), defaults={"chunk_size": None})
 
     llm = p.add_argument_group("LLM annotator (any OpenAI-compatible endpoint: vLLM, Ollama, a hosted API)")
-    llm.add_argument(
-        "--llm-model", default=None, help="model name at the endpoint; enables the LLM annotator"
-    )
-    llm.add_argument("--llm-base-url", default=None,
-                     help="endpoint URL up to /v1 (default: $OPENAI_BASE_URL, else http://127.0.0.1:8000/v1)")  # fmt: skip
-    llm.add_argument("--llm-categories", default=None,
-                     help="categories the LLM fills (default: those with `annotator: llm`, else domain,task,format)")  # fmt: skip
-    llm.add_argument(
-        "--llm-concurrency", type=int, default=16, help="requests in flight (per --num-proc worker)"
-    )
-    llm.add_argument("--llm-cache", default=None, help="answer cache (SQLite) path, or 'none' "
-                     "(default: ~/.cache/treasure/llm-cache.sqlite)")  # fmt: skip
-    llm.add_argument(
-        "--llm-fewshot", default=None, help="few-shot examples JSONL {category, value, messages}"
-    )
-    llm.add_argument("--llm-num-fewshot", type=int, default=6, help="few-shot examples per category")
-    llm.add_argument("--llm-structured", choices=["json_schema", "json_object", "none"], default="json_schema",
-                     help="how the answer format is enforced (json_schema needs vLLM, Ollama or OpenAI)")  # fmt: skip
-    llm.add_argument("--llm-timeout", type=float, default=60.0, help="seconds per request")
-    llm.add_argument(
-        "--llm-max-retries", type=int, default=6, help="retries of a request on 429/5xx/timeouts"
-    )
-    llm.add_argument("--llm-max-attempts", type=int, default=3, help="answers asked for before Unspecified")
-    llm.add_argument(
-        "--llm-api-key-env", default="OPENAI_API_KEY", help="environment variable with the API key"
-    )
+    # --llm-base-url None: $OPENAI_BASE_URL, else the field's default (_options decides)
+    add_dataclass_arguments(llm, LLMSettings, prefix="llm-", names=LLM_FLAGS, types=AS_GIVEN,
+                            defaults={"base_url": None})  # fmt: skip
 
     rm = p.add_argument_group("reward model (quality, quality_bucket)")
-    rm.add_argument(
-        "--reward-model", default=None, help="HF sequence-classification reward model (name or folder)"
-    )
-    rm.add_argument("--reward-batch-size", type=int, default=8)
-    rm.add_argument(
-        "--reward-max-length", type=int, default=None, help="tokens scored (default: the model's)"
-    )
+    add_dataclass_arguments(rm, AnnotateOptions, names=REWARD_FLAGS)
 
     scale = p.add_argument_group("scale")
     scale.add_argument("--engine", choices=["local", "ray"], default="local",
@@ -93,54 +63,41 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _csv_list(text: str | None) -> list[str] | None:
+    return [c.strip() for c in text.split(",")] if text else None
+
+
 def _options(args: argparse.Namespace):
     import os
 
     from treasure.annotate.fields import parse_field_map
-    from treasure.annotate.pipeline import AnnotateOptions
+    from treasure.annotate.options import AnnotateOptions, LLMSettings
     from treasure.errors import TreasureError
+    from treasure.options import dataclass_values
 
     if args.num_proc is not None and args.num_proc < 1:
         raise TreasureError("--num-proc must be at least 1")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise TreasureError("--chunk-size must be at least 1")
-    llm = None
-    chunk_size = args.chunk_size or 512
+    values = dataclass_values(
+        AnnotateOptions, args, names=BEFORE_REJECTS + ("split", "chunk_size") + REWARD_FLAGS
+    )
+    values.update(categories=_csv_list(args.categories), field_map=parse_field_map(args.map))
     if args.llm_model:
-        from treasure.annotate.llm import LLMSettings, llm_chunk_size
+        from treasure.annotate.llm import llm_chunk_size
 
-        chunk_size = args.chunk_size or llm_chunk_size(args.llm_concurrency)
-
-        llm = LLMSettings(
-            model=args.llm_model,
-            base_url=args.llm_base_url or os.environ.get("OPENAI_BASE_URL") or "http://127.0.0.1:8000/v1",
-            categories=[c.strip() for c in args.llm_categories.split(",")] if args.llm_categories else None,
-            fewshot=args.llm_fewshot,
-            num_fewshot=args.llm_num_fewshot,
-            structured=args.llm_structured,
-            max_attempts=args.llm_max_attempts,
-            concurrency=args.llm_concurrency,
-            cache=args.llm_cache,
-            api_key_env=args.llm_api_key_env,
-            timeout=args.llm_timeout,
-            max_retries=args.llm_max_retries,
-        )
+        llm = dataclass_values(LLMSettings, args, prefix="llm-", names=LLM_FLAGS)
+        llm["categories"] = _csv_list(args.llm_categories)
+        base_url = args.llm_base_url or os.environ.get("OPENAI_BASE_URL")
+        if base_url:
+            llm["base_url"] = base_url
+        else:  # an empty --llm-base-url: the default, as for none
+            llm.pop("base_url", None)
+        values["llm"] = LLMSettings(**llm)
+        values.setdefault("chunk_size", llm_chunk_size(args.llm_concurrency))
     elif args.llm_categories:
         raise TreasureError("--llm-categories needs --llm-model")
-    return AnnotateOptions(
-        taxonomy=args.taxonomy,
-        categories=[c.strip() for c in args.categories.split(",")] if args.categories else None,
-        tokenizer=args.tokenizer,
-        field_map=parse_field_map(args.map),
-        seeds=args.seeds,
-        on_error=args.on_error,
-        split=args.split,
-        chunk_size=chunk_size,
-        llm=llm,
-        reward_model=args.reward_model,
-        reward_batch_size=args.reward_batch_size,
-        reward_max_length=args.reward_max_length,
-    )
+    return AnnotateOptions(**values)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,44 +23,32 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
+# Flags that parse comma-separated lists; --evals and --fix are None until given (run() decides the default).
+_TYPES = {"evals": _csv, "fix": _csv, "slice_categories": _csv}
+_DEFAULTS = {"evals": None, "fix": None}
+
+
 def _options(p: argparse.ArgumentParser, evals: tuple[str, ...] | None) -> None:
+    from treasure.evaluate.run import EvalOptions
+    from treasure.options import add_dataclass_arguments
+
     p.add_argument("--run", action="append", default=[], metavar="NAME=DIR[:MODE]", required=True,
                    help="a bundle in a mode (inferred, fixed, onthefly); repeat to compare; the first is the "
                         "reference for tail lifts and judge pairs")  # fmt: skip
     p.add_argument("--data", default=None, help="held-out annotated records (for markers, slices, judge)")
     p.add_argument("--out", required=True, help="report folder")
-    if evals is None:
-        p.add_argument("--evals", type=_csv, default=None,
-                       help="comma-separated subset of markers,control,slices,code,judge (default: all)")  # fmt: skip
-    p.add_argument("--limit", type=int, default=None, help="use the first N held-out records")
-    p.add_argument("--control-n", type=int, default=10, help="control prompts per kind (default: 10)")
-    p.add_argument(
-        "--code-limit", type=int, default=10, help="HumanEvalFix problems (default: 10; 164 = all)"
-    )
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--fix", type=_csv, default=None,
-                   help="categories given from the annotation in mode fixed (default: domain,task,language,"
-                        "format,length_bucket)")  # fmt: skip
-    p.add_argument(
-        "--slice-categories",
-        type=_csv,
-        default=None,
-        help="categories whose rare values make an example tail (default: all categorical)",
-    )
-    p.add_argument(
-        "--judge-url", default=None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"
-    )
-    p.add_argument("--judge-model", default="judge", help="model name sent to the judge endpoint")
-    p.add_argument("--judge-pair", action="append", default=[], metavar="A:B",
-                   help="judge run A against run B (default: every run against the first)")  # fmt: skip
-    p.add_argument(
-        "--judge-slice",
-        default=None,
-        help="judge only examples in a slice: tail, head, domain=tail, domain=Legal|Medical, ...",
-    )
-    p.add_argument("--seed", type=int, default=0)
+    add_dataclass_arguments(p, EvalOptions, names=_flag_names(evals), types=_TYPES, defaults=_DEFAULTS)
     p.set_defaults(func=run, fixed_evals=evals, eval_parser=p)
+
+
+def _flag_names(evals: tuple[str, ...] | None) -> list[str]:
+    """EvalOptions' fields with a flag; --evals only where the subcommand does not fix the evaluations."""
+    from dataclasses import fields
+
+    from treasure.evaluate.run import EvalOptions
+
+    names = [f.name for f in fields(EvalOptions) if f.metadata.get("cli", True)]
+    return names if evals is None else [n for n in names if n != "evals"]
 
 
 def register(sub) -> None:
@@ -86,7 +74,8 @@ def command_line(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from treasure.errors import TreasureError
     from treasure.evaluate.report import write_report
-    from treasure.evaluate.run import DEFAULT_FIX, EVALS, EvalOptions, RunSpec, evaluate
+    from treasure.evaluate.run import EVALS, EvalOptions, RunSpec, evaluate
+    from treasure.options import dataclass_values
 
     evals = args.fixed_evals or getattr(args, "evals", None) or EVALS
     pairs = []
@@ -97,12 +86,11 @@ def run(args: argparse.Namespace) -> int:
         pairs.append((a, b))
     if "judge" in evals and args.fixed_evals and not args.judge_url:
         raise TreasureError("treasure eval judge needs --judge-url")
-    options = EvalOptions(
-        evals=tuple(evals), limit=args.limit, control_n=args.control_n, code_limit=args.code_limit,
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, fix=args.fix or DEFAULT_FIX,
-        slice_categories=args.slice_categories, judge_url=args.judge_url, judge_model=args.judge_model,
-        judge_pairs=tuple(pairs), judge_slice=args.judge_slice, seed=args.seed,
-    )  # fmt: skip
+    values = dataclass_values(EvalOptions, args, names=_flag_names(args.fixed_evals))
+    values.update(evals=tuple(evals), judge_pairs=tuple(pairs))
+    if not values.get("fix"):  # an empty --fix: the default categories, as for none
+        values.pop("fix", None)
+    options = EvalOptions(**values)
     report = evaluate([RunSpec.parse(r) for r in args.run], args.data, options, argv=command_line(args))
     paths = write_report(report, args.out)
     print(

@@ -31,7 +31,8 @@ def prepare_data(
     folder: Path, tokenizer: str, *, test_share: float = 0.2, seed: int = 0
 ) -> tuple[Path, Path]:
     """Annotated train and test files in `folder` (made once; a second call reuses them)."""
-    from treasure.annotate.pipeline import AnnotateOptions, run_annotate
+    from treasure.annotate.options import AnnotateOptions
+    from treasure.annotate.pipeline import run_annotate
     from treasure.oasst import convert_oasst, split_by_tree
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -64,24 +64,49 @@ class RunSpec:
 
 @dataclass
 class EvalOptions:
-    """What to evaluate and how much of it."""
+    """What to evaluate and how much of it; `treasure eval` derives its flags from these fields."""
 
-    evals: tuple[str, ...] = EVALS
-    limit: int | None = None  # held-out records
-    control_n: int = 10  # control items per kind
-    code_limit: int = 10  # HumanEvalFix problems
-    max_new_tokens: int = 128
-    batch_size: int = 16
-    fix: tuple[str, ...] = DEFAULT_FIX
-    slice_categories: tuple[str, ...] | None = None  # default: every categorical category
-    judge_url: str | None = None
-    judge_model: str = "judge"
-    judge_pairs: tuple[tuple[str, str], ...] = ()  # default: every run vs the first
-    judge_slice: str | None = None
-    judge_workers: int = 4
-    seed: int = 0
-    data_dir: Path = ctl.SHARED_DATA
-    extra: dict[str, Any] = field(default_factory=dict)
+    evals: tuple[str, ...] = field(
+        default=EVALS, metadata={"help": f"comma-separated subset of {','.join(EVALS)} (default: all)"}
+    )
+    limit: int | None = field(default=None, metadata={"help": "use the first N held-out records"})
+    control_n: int = field(default=10, metadata={"help": "control prompts per kind"})
+    code_limit: int = field(default=10, metadata={"help": "HumanEvalFix problems (164 = all)"})
+    max_new_tokens: int = field(default=128, metadata={"help": "tokens generated per answer at most"})
+    batch_size: int = field(default=16, metadata={"help": "prompts generated together"})
+    fix: tuple[str, ...] = field(
+        default=DEFAULT_FIX,
+        metadata={"help": f"categories given from the annotation in mode fixed (default: {','.join(DEFAULT_FIX)})"},
+    )  # fmt: skip
+    slice_categories: tuple[str, ...] | None = field(
+        default=None,
+        metadata={"help": "categories whose rare values make an example tail (default: all categorical)"},
+    )
+    judge_url: str | None = field(
+        default=None, metadata={"help": "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"}
+    )
+    judge_model: str = field(default="judge", metadata={"help": "model name sent to the judge endpoint"})
+    judge_pairs: tuple[tuple[str, str], ...] = field(
+        default=(),
+        metadata={"flag": "--judge-pair", "action": "append", "metavar": "A:B",
+                  "help": "judge run A against run B (default: every run against the first)"},
+    )  # fmt: skip
+    judge_slice: str | None = field(
+        default=None,
+        metadata={
+            "help": "judge only examples in a slice: tail, head, domain=tail, domain=Legal|Medical, ..."
+        },
+    )
+    judge_workers: int = field(default=4, metadata={"cli": False, "help": "judge requests in flight"})
+    seed: int = field(
+        default=0, metadata={"help": "seed of the control prompts' draw and of the judge's order"}
+    )
+    data_dir: Path = field(
+        default=ctl.SHARED_DATA, metadata={"cli": False, "help": "the prompt sets of the control evaluation"}
+    )
+    extra: dict[str, Any] = field(
+        default_factory=dict, metadata={"cli": False, "help": "free-form settings, left out of the report"}
+    )
 
 
 class ModelRun:

@@ -127,7 +127,8 @@ class Generator:
     def predict_markers(self, messages: list[dict]) -> dict[str, Any]:
         """On-the-fly markers: what the prompt-level annotators say about this conversation."""
         if self._onthefly is None:
-            from treasure.annotate.pipeline import AnnotateOptions, build_annotators
+            from treasure.annotate.options import AnnotateOptions
+            from treasure.annotate.registry import build_annotators
 
             self._onthefly = []
             for kind in PROMPT_ANNOTATORS:

@@ -219,7 +219,8 @@ def bundled_base(name: str = "bundled-robust") -> Path:
 
 def stage_data(cfg: ExperimentConfig, paths: Paths) -> None:
     """Build the suite (train, base draw, test) and annotate train and test with the normal pipeline."""
-    from treasure.annotate.pipeline import AnnotateOptions, run_annotate
+    from treasure.annotate.options import AnnotateOptions
+    from treasure.annotate.pipeline import run_annotate
 
     paths.data.mkdir(parents=True, exist_ok=True)
     train_path, test_path = paths.data / "train.jsonl", paths.data / "test.jsonl"
