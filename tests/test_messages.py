@@ -226,9 +226,9 @@ def test_serve_answers_a_fixed_request_as_before(tmp_path_factory):
     from test_generate import make_bundle
     from test_serve import Server
 
+    from treasure.bundle import load_bundle
     from treasure.generate.engine import Generator
     from treasure.serve import create_app
-    from treasure.train.bundle import load_bundle
 
     bundle = make_bundle(tmp_path_factory.mktemp("golden-serve"), "paper")
     app = create_app(Generator(load_bundle(bundle)), model_name="tiny")

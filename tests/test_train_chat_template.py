@@ -12,13 +12,13 @@ from tiny import NO_SYSTEM, SHARED, TEMPLATES, template_text
 
 from treasure.errors import TreasureError
 from treasure.markers import sanitize
+from treasure.recipe import MarkerConfig
 from treasure.train.chat_template import (
     _MARKER_LIST_CHARS,
     _NAME_START_CHARS,
     original_chat_template,
     wrap_chat_template,
 )
-from treasure.train.marker_config import MarkerConfig
 from treasure.train.render import render_prompt
 from treasure.train.tiny import tiny_tokenizer
 

@@ -396,8 +396,8 @@ def serve(
     """Load the bundle (or plain model: no markers) at `model` and serve it until interrupted."""
     import uvicorn
 
+    from treasure.bundle import load_any
     from treasure.generate.engine import Generator
-    from treasure.train.bundle import load_any
 
     generator = Generator(load_any(model))
     info = generator.bundle.info

@@ -152,8 +152,8 @@ def _output_record(item: dict, gen: Any) -> dict[str, Any]:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from treasure.bundle import load_any
     from treasure.generate.engine import Generator
-    from treasure.train.bundle import load_any
 
     if (args.prompt is None) == (args.input is None):
         raise TreasureError("give either a PROMPT or --input FILE (with --output FILE)")

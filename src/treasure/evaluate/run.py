@@ -88,8 +88,8 @@ class ModelRun:
     """A loaded bundle answering prompts in its run's mode."""
 
     def __init__(self, spec: RunSpec, options: EvalOptions, cache: dict[Path, Any] | None = None):
+        from treasure.bundle import load_bundle
         from treasure.generate.engine import Generator
-        from treasure.train.bundle import load_bundle
 
         self.spec = spec
         self.options = options

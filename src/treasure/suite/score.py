@@ -83,8 +83,8 @@ def score_bundle(
     """Generate for every test item in each mode the bundle supports; return accuracy and control metrics."""
     import torch
 
+    from treasure.bundle import load_bundle
     from treasure.generate.engine import Generator
-    from treasure.train.bundle import load_bundle
 
     bundle = load_bundle(folder, dtype=torch.float32)
     if cuda:
