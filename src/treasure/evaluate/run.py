@@ -30,6 +30,7 @@ from treasure.errors import TreasureError
 from treasure.evaluate import control as ctl
 from treasure.evaluate import slices as sl
 from treasure.evaluate.marker_accuracy import example_scores, marker_accuracy
+from treasure.stats import TAIL_SHARE
 
 EVALS = ("markers", "control", "slices", "code", "judge")
 DEFAULT_FIX = ("domain", "task", "language", "format", "length_bucket")
@@ -252,7 +253,7 @@ def slices_section(
     }
     return {
         "stats_from": ref.spec.name,
-        "tail_share": stats.get("tail_share", 0.05),
+        "tail_share": stats.get("tail_share", TAIL_SHARE),
         "categories": cats,
         "counts": {"head": slices.count("head"), "tail": slices.count("tail")},
         "slices": slices,
