@@ -1,7 +1,7 @@
-"""Messages at every edge: what records, `treasure serve` and `treasure generate --input` accept and the error
-each one gives for a bad message, checked against goldens taken before the three edges shared one normaliser
-(tests/golden/message_edges.json), and the JSON `treasure serve` answers for a fixed tiny bundle
-(tests/golden/serve_response.json).
+"""Messages at every edge (treasure/messages.py): what records, `treasure serve` and `treasure generate --input`
+accept and the error each one gives for a bad message, checked against goldens taken before the three edges
+shared one normaliser (tests/golden/message_edges.json; the changes since are listed below, each with its reason),
+and the JSON `treasure serve` answers for a fixed tiny bundle (tests/golden/serve_response.json).
 
 `TREASURE_WRITE_GOLDEN=1 pytest tests/test_messages.py` rewrites the golden files from the code as it is.
 """
@@ -14,6 +14,8 @@ import os
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from treasure.errors import RecordError
 
@@ -116,10 +118,32 @@ PROMPTS: dict[str, Any] = {
     "markers_not_a_mapping": {"prompt": "hi", "markers": "Code"},
 }
 
-# Errors whose text the shared normaliser changed (the field they name did not change). Key: "edge/case".
-UNIFIED_TEXT: dict[str, str] = {}
-# Inputs an edge rejects now and accepted before, or the other way round (with why).
-CHANGED_VERDICT: dict[str, str] = {}
+# Errors whose text the shared normaliser changed, old text -> why. The verdict did not change, nor serve's status,
+# param and code; the new text names its field, which may be a more precise one than before. Key: "edge/case".
+UNIFIED_TEXT: dict[str, str] = {
+    "records/messages_empty": "'no assistant turn' -> 'empty (a conversation needs at least one message)'",
+    "records/prompt_empty": "field messages[0].content -> prompt (the input field that is empty)",
+    "records/prompt_list_bad_role": "field messages[0].role -> prompt[0].role (the input field)",
+    "records/completion_list_empty_content": "field messages[1].content -> completion[0].content (the input field)",
+    "serve/content_int": "'must be a string' -> 'expected a string, got int'",
+    "serve/empty": "'messages must be a non-empty list' -> 'messages: empty (...)'",
+    "serve/missing": "'messages must be a non-empty list' -> 'messages: expected a list of messages, got NoneType'",
+    "serve/not_a_list": "'messages must be a non-empty list' -> 'messages: expected a list of messages, got str'",
+    "serve/message_not_an_object": "'must be an object' -> 'expected a message object, got str'",
+    "serve/role_missing": "'unknown role None' -> 'missing'",
+    "generate/bad_role": "one text for every bad message, field messages[0] -> messages[0].role: unknown role",
+    "generate/developer": "as bad_role (developer is OpenAI's wire name, taken by serve only)",
+    "generate/content_int": "field messages[0] -> messages[0].content: expected a string",
+    "generate/message_not_an_object": "'expected {role, content} ...' -> 'expected a message object, got str'",
+    "generate/messages_empty": "'no assistant turn' -> 'empty (a conversation needs at least one message)'",
+}
+# Inputs an edge now treats differently (accepts, rejects or returns otherwise), with why.
+CHANGED_VERDICT: dict[str, str] = {
+    "generate/content_empty": "rejected now: `generate --input` checks its messages as records are checked (an "
+    "empty turn was accepted before only when the record did not end with an assistant turn)",
+    "generate/messages_extra_field": "other message fields (name) are kept now, as they were already when the "
+    "record ended with an assistant turn and as records keep them",
+}
 
 
 def _record_case(raw: Any) -> dict[str, Any]:
@@ -182,10 +206,11 @@ def _compare(name: str, old: dict, new: dict) -> list[str]:
         return [] if old == new else [f"{name}: accepted as {old['ok']}, now as {new['ok']}"]
     o, n = dict(old["error"]), dict(new["error"])
     if name in UNIFIED_TEXT:
-        field = o.get("field") or o.get("param")
-        if field and field not in n["message"]:
-            return [f"{name}: the new text {n['message']!r} does not name {field!r}"]
-        o.pop("message"), n.pop("message")
+        field = n.get("field") or n.get("param")
+        if not field or field not in n["message"]:
+            return [f"{name}: the new text {n['message']!r} does not name its field {field!r}"]
+        for key in ("message", "field"):
+            o.pop(key, None), n.pop(key, None)
     return [] if o == n else [f"{name}: error was {o}, now {n}"]
 
 
@@ -259,3 +284,61 @@ def test_serve_answers_a_fixed_request_as_before(tmp_path_factory):
     for key in ("param", "code", "type"):
         assert new["answer"]["error"][key] == old["answer"]["error"][key]
     assert "messages[0].role" in new["answer"]["error"]["message"]
+
+
+# ------------------------------------------------------------------------------------------- the normaliser
+
+
+def test_one_error_text_names_source_line_and_field():
+    from treasure.messages import normalize_messages
+
+    with pytest.raises(RecordError) as e:
+        normalize_messages([U, {"role": "user", "content": " "}], source="f.jsonl", line=4)
+    assert str(e.value) == "f.jsonl:4: messages[1].content: empty"
+    assert (e.value.field, e.value.message) == ("messages[1].content", "empty")
+
+
+def test_the_edges_differ_only_by_their_rules():
+    from treasure.messages import OPENAI_REQUEST, RECORD, normalize_messages
+
+    wire = [
+        {"role": "developer", "content": "be brief"},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "h"}, {"type": "text", "text": "i"}],
+            "name": "ann",
+        },
+        {"role": "assistant", "content": None},
+    ]
+    assert normalize_messages(wire, rules=OPENAI_REQUEST) == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": ""},
+    ]
+    with pytest.raises(RecordError, match=r"messages\[0\]\.role: unknown role 'developer'"):
+        normalize_messages(wire, rules=RECORD)
+    kept = normalize_messages([{**U, "name": "ann"}, A])
+    assert kept == [{**U, "name": "ann"}, A] and kept[0] is not U  # a copy, other fields kept
+
+
+def test_max_chars_and_the_field_prefix():
+    from treasure.messages import normalize_messages
+
+    with pytest.raises(
+        RecordError, match=r"^<input>: prompt\[0\]\.content: 3 characters is over the limit of 2$"
+    ):
+        normalize_messages([U | {"content": "abc"}], field="prompt", max_chars=2)
+
+
+def test_roles_are_defined_once():
+    """No other module keeps its own list of roles: every edge reads treasure.messages.ROLES."""
+    import ast
+
+    src = Path(__file__).resolve().parents[1] / "src" / "treasure"
+    defining = []
+    for path in src.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [getattr(t, "id", None) for t in node.targets] if isinstance(node, ast.Assign) else []
+            if "ROLES" in names and isinstance(node.value, ast.Tuple):
+                defining.append(str(path.relative_to(src)))
+    assert defining == ["messages.py"]
