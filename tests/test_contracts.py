@@ -48,3 +48,32 @@ def test_suite_marker_accuracy_is_as_before(paper):
         path.parent.mkdir(exist_ok=True)
         path.write_text(json.dumps(now, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     assert json.loads(json.dumps(now)) == json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_the_evaluation_prompt_sets_ship_with_the_package():
+    """`treasure eval` control and code read their data from the installed package, not from ../shared/data; every
+    shipped file is listed in its SOURCES.md with the sha256 it has."""
+    import hashlib
+
+    import treasure
+    from treasure.evaluate import code_repair, control
+    from treasure.evaluate.run import EvalOptions
+
+    package = Path(treasure.__file__).parent
+    assert control.DATA_DIR.is_relative_to(package) and EvalOptions().data_dir == control.DATA_DIR
+    prompts = control.load_prompts()
+    assert len({pid.split(":")[0] for pid, _ in prompts}) == len(control.PROMPT_FILES) and len(prompts) > 500
+    assert len(code_repair.load_problems(control.DATA_DIR / code_repair.DATA_FILE)) == 164
+    sources = (control.DATA_DIR / "SOURCES.md").read_text(encoding="utf-8")
+    shipped = sorted(p for p in control.DATA_DIR.rglob("*.jsonl"))
+    assert len(shipped) == len(control.PROMPT_FILES) + 1
+    for path in shipped:
+        row = next(
+            line
+            for line in sources.splitlines()
+            if line.startswith(f"| {path.relative_to(control.DATA_DIR)} |")
+        )
+        assert hashlib.sha256(path.read_bytes()).hexdigest() in row, path
+    pyproject = (package.parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    for pattern in ("evaluate/data/*.md", "evaluate/data/prompts/*.jsonl", "evaluate/data/code/*.jsonl"):
+        assert f'"{pattern}"' in pyproject
