@@ -84,17 +84,16 @@ def parse_markers(items: list[str]) -> dict[str, str]:
 def _prompt_messages(raw: dict, source: str, line: int) -> tuple[list[dict], Any]:
     """The conversation to answer and the reference reply (a trailing assistant turn), from one input record."""
     from treasure.messages import check_content, normalize_messages
-    from treasure.records import last_assistant, normalize_record, prompt_messages
+    from treasure.records import DEFAULT_MAX_CHARS, last_assistant, normalize_record, prompt_messages
 
+    where = {"source": source, "line": line, "max_chars": DEFAULT_MAX_CHARS}  # checked as records are
     if isinstance(raw.get("prompt"), str) and "completion" not in raw:
-        return [
-            {"role": "user", "content": check_content(raw["prompt"], "prompt", source=source, line=line)}
-        ], None
+        prompt = check_content(raw["prompt"], "prompt", **where)
+        return [{"role": "user", "content": prompt}], None
     msgs = raw.get("messages")
     if isinstance(msgs, list) and msgs and isinstance(msgs[-1], dict) and msgs[-1].get("role") != "assistant":
-        return normalize_messages(
-            msgs, source=source, line=line
-        ), None  # a conversation to answer, no reference
+        # a conversation to answer, with no reference reply
+        return normalize_messages(msgs, **where), None
     record = normalize_record({**raw, "markers": {}}, source=source, line=line)
     return prompt_messages(record), last_assistant(record)
 
