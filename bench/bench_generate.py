@@ -46,8 +46,8 @@ def _time(fn, repeats: int) -> float:
 def bench(model_dir: Path, n_response: int, repeats: int) -> dict:
     import torch
 
+    from treasure.bundle import load_bundle
     from treasure.generate.engine import Generator
-    from treasure.train.bundle import load_bundle
 
     bundle = load_bundle(model_dir)
     con = Generator(bundle)

@@ -54,9 +54,9 @@ def main() -> int:
     import torch
 
     from treasure.arms import read_jsonl
+    from treasure.bundle import load_bundle
     from treasure.commands.demo import _quiet
     from treasure.suite.build import check
-    from treasure.train.bundle import load_bundle
 
     _quiet()
     test = read_jsonl(Path(args.data) / "test.annotated.jsonl")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -115,12 +114,17 @@ def test_low_confidence_gives_unspecified_for_domain_only(cache_dir: Path) -> No
     assert found["task"] == "Explanation"  # task always takes its best value
 
 
-def test_seed_vectors_are_cached_on_disk(ann: emb.EmbeddingAnnotator, cache_dir: Path) -> None:
+def test_seed_vectors_are_cached_on_disk(ann: emb.EmbeddingAnnotator, cache_dir: Path, monkeypatch) -> None:
     assert len(list(cache_dir.glob("seeds-*.npz"))) == 1
     emb._SEED_VECTORS.clear()  # force the disk path
-    t0 = time.perf_counter()
+    # What the model encodes while the annotator is built: the behaviour, not the seconds a busy machine takes.
+    encoded: list[int] = []
+    real = emb.Encoder.encode
+    monkeypatch.setattr(
+        emb.Encoder, "encode", lambda self, texts: encoded.append(len(texts)) or real(self, texts)
+    )
     again = emb.EmbeddingAnnotator(paper_taxonomy(), cache_dir=cache_dir)
-    assert time.perf_counter() - t0 < 5
+    assert encoded == []  # every seed vector came from the disk cache
     prompts = ["How do interest rates affect mortgages?", "Write a bash script that deletes empty folders."]
     assert again.classify(prompts) == ann.classify(prompts)
 

@@ -26,7 +26,7 @@ def test_shipped_data_is_the_documented_file():
     assert "Apache-2.0" in (shipped_oasst().parent / "SOURCE.md").read_text()
     digest = hashlib.sha256(shipped_humanevalpack().read_bytes()).hexdigest()
     assert digest == "b1376d72be4bd016a62ad043d9de3846edb8d63edf1222da802a31330c14c3a7"
-    assert "MIT" in (shipped_humanevalpack().parent / "SOURCE.md").read_text()
+    assert "MIT" in (shipped_humanevalpack().parents[1] / "SOURCES.md").read_text()
 
 
 def test_length_summary_counts_violations_and_ratios():

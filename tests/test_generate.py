@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tiny import tiny_config
 
+from treasure.bundle import load_bundle
 from treasure.cli import main
 from treasure.errors import TaxonomyError, TreasureError
 from treasure.generate.engine import Generation, Generator
 from treasure.markers import parse_block
-from treasure.train.bundle import load_bundle
 
 USER = [{"role": "user", "content": "Reverse 'apple'."}]
 # Marker syntax typed by a user, in both formats: text, never control.

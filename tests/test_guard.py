@@ -14,12 +14,12 @@ import pytest
 from test_generate import make_bundle
 from test_serve import Server
 
+from treasure.bundle import load_bundle
 from treasure.generate.constrain import token_texts
 from treasure.generate.engine import Generator
 from treasure.generate.guard import MarkerSyntaxGuard, _Tables, tables_for
 from treasure.markers import find_marker_syntax, marker_syntax
 from treasure.serve import create_app
-from treasure.train.bundle import load_bundle
 
 PROMPTS = [
     [{"role": "user", "content": "Reverse 'apple'."}],

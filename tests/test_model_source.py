@@ -17,6 +17,7 @@ import torch
 from tiny import tiny_config
 
 from treasure import model_source
+from treasure.bundle import load_any, load_bundle
 from treasure.cli import main
 from treasure.errors import ConfigError, TreasureError
 from treasure.model_source import (
@@ -27,7 +28,6 @@ from treasure.model_source import (
     default_model,
     resolve_model,
 )
-from treasure.train.bundle import load_any, load_bundle
 from treasure.train.tiny import CHATML_TEMPLATE
 
 gguf = pytest.importorskip("gguf")

@@ -57,9 +57,9 @@ def test_bundle_is_adapter_sized(smol_bundle):
 
 
 def test_generate_never_writes_marker_syntax(smol_bundle):
+    from treasure.bundle import load_bundle
     from treasure.generate.engine import Generator
     from treasure.markers import find_marker_syntax
-    from treasure.train.bundle import load_bundle
 
     out, _ = smol_bundle
     bundle = load_bundle(out)
@@ -80,10 +80,10 @@ def test_serve_never_returns_marker_syntax(smol_bundle):
     import openai
     from test_serve import Server
 
+    from treasure.bundle import load_bundle
     from treasure.generate.engine import Generator
     from treasure.markers import find_marker_syntax
     from treasure.serve import create_app
-    from treasure.train.bundle import load_bundle
 
     out, _ = smol_bundle
     bundle = load_bundle(out)

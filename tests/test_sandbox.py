@@ -77,12 +77,15 @@ def test_never_runs_as_root():
 def test_infinite_loop_times_out():
     r = run("while True:\n    pass\n", timeout=2)
     assert r.status == "timeout" and not r.passed
-    assert 1.9 < r.duration < 4
+    # never before its timeout; the upper bound only says the run was killed, with room for a busy machine
+    assert 1.9 < r.duration < 30
 
 
 def test_cpu_limit_stops_a_busy_loop_before_the_wall_clock():
-    r = run("while True:\n    pass\n", timeout=10, cpu_seconds=1)
-    assert r.status == "timeout" and r.returncode == -24 and r.duration < 8 and r.cpu_time >= 0.9  # SIGXCPU
+    # SIGXCPU (-24) is the CPU limit's own signal: the wall clock (60 s, far off even when other work holds the
+    # cores) would have killed it with SIGKILL.
+    r = run("while True:\n    pass\n", timeout=60, cpu_seconds=1)
+    assert r.status == "timeout" and r.returncode == -24 and r.cpu_time >= 0.9
 
 
 def test_fork_loop_is_capped_by_the_process_limit():
@@ -119,7 +122,7 @@ def test_fork_bomb_with_setsid_escapees_is_killed_on_timeout():
                 pass
     """
     r = run(code, timeout=2, max_processes=24)
-    assert r.status == "timeout" and r.duration < 5
+    assert r.status == "timeout" and r.duration < 30  # killed, with room for a busy machine
     assert r.uid is None or processes_of(r.uid) == []
     assert subprocess.run(["true"]).returncode == 0
 
@@ -130,8 +133,9 @@ def test_memory_bomb_is_refused():
 
 
 def test_growing_memory_is_refused():
-    r = run("chunks = []\nwhile True:\n    chunks.append(bytearray(10**7))\n", timeout=5, memory_mb=256)
-    assert r.status == "memory" and r.duration < 4
+    # status "memory", not "timeout": the limit stopped it, however slowly a busy machine got there
+    r = run("chunks = []\nwhile True:\n    chunks.append(bytearray(10**7))\n", timeout=60, memory_mb=256)
+    assert r.status == "memory"
 
 
 def test_file_size_limit():
@@ -180,16 +184,16 @@ def test_public_network_fails_fast():
         import socket
         for host in ("1.1.1.1", "8.8.8.8"):
             try:
-                socket.create_connection((host, 53), timeout=4).close()
+                socket.create_connection((host, 53), timeout=30).close()
             except OSError as e:
                 print(host, e)
             else:
                 raise SystemExit(0)  # reached the internet
         socket.getaddrinfo("example.com", 443)  # and name resolution
     """
-    r = run(code, timeout=10)
+    r = run(code, timeout=90)
     assert r.status == "failed" and "unreachable" in r.stdout.lower()
-    assert r.duration < 2  # refused at once, not after a connect timeout
+    assert r.duration < 30  # refused at once, not after a 30-second connect timeout
 
 
 def test_callers_environment_is_invisible(monkeypatch):

@@ -20,9 +20,9 @@ import pytest
 import uvicorn
 from test_generate import FAKE_BLOCKS, USER, make_bundle
 
+from treasure.bundle import load_bundle
 from treasure.generate.engine import Generator
 from treasure.serve import Limits, create_app
-from treasure.train.bundle import load_bundle
 
 KEY = "sekret-key"
 NAME = "tiny"

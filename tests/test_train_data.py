@@ -9,8 +9,8 @@ import pytest
 from tiny import NO_SYSTEM, SHARED, TEMPLATES, records, template_tokenizer
 
 from treasure.errors import RecordError
+from treasure.recipe import MarkerConfig
 from treasure.train.data import DataSpec, build_dataset, tokenize_example
-from treasure.train.marker_config import MarkerConfig
 from treasure.train.render import epoch_plan
 from treasure.train.tiny import tiny_tokenizer
 from treasure.train.tokens import extend_tokenizer

@@ -8,7 +8,7 @@ import pytest
 from tiny import records
 
 from treasure.markers import PAPER_OPEN, parse_block, render_block
-from treasure.train.marker_config import MarkerConfig
+from treasure.recipe import MarkerConfig
 from treasure.train.render import epoch_order, epoch_plan, render_example, render_prompt
 
 REC = {

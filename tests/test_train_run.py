@@ -8,9 +8,9 @@ import pytest
 import torch
 from tiny import records, snapshot, tiny_config
 
+from treasure.bundle import load_bundle
 from treasure.cli import main
 from treasure.markers import compact_tokens
-from treasure.train.bundle import load_bundle
 from treasure.train.config import load_config
 from treasure.train.tiny import tiny_llama, tiny_tokenizer
 from treasure.train.tokens import add_marker_tokens

@@ -1,12 +1,13 @@
-"""What the demo's experiments share: one arm trained from a `treasure train` YAML written beside it, and the
-atomic result files a resumable experiment keeps (the synthetic suite, suite/experiment.py; the real-model demo,
-demo/run.py).
+"""What the demo's experiments share: one arm trained from a `treasure train` YAML written beside it, quiet
+library output, and the atomic result files a resumable experiment keeps (the synthetic suite, suite/experiment.py
+and suite/sweep.py; the real-model demo, demo/run.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -26,6 +27,20 @@ QUIET_RUN: dict[str, Any] = {
     "dataloader_num_workers": 0,
     "include_num_input_tokens_seen": True,  # padding included (TrlParser takes no "non_padding")
 }
+
+
+def quiet() -> None:
+    """Library progress bars and warnings would bury an experiment's own lines."""
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    logging.getLogger("treasure").setLevel(logging.WARNING)
 
 
 def use_cuda(device: str) -> bool:

@@ -4,7 +4,8 @@ Every record becomes ``{"messages": [{"role", "content"}, ...], "markers": {...}
 Accepted input shapes: ``messages``; ``prompt``/``completion`` (strings or message lists); Alpaca
 (``instruction``/``input``/``output``); ShareGPT (``conversations`` of ``from``/``value``). Fields that were
 turned into ``messages`` are removed; every other field is kept as it was. Each problem raises a RecordError
-naming the file, line (or row) and field.
+naming the file, line (or row) and field; each message is checked by treasure/messages.py, as every other edge
+checks its messages.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from treasure.errors import RecordError, TaxonomyError, TreasureError
+from treasure.messages import check_content, normalize_messages
 from treasure.taxonomy import Taxonomy
 
-ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {
     "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
     "bard": "assistant", "bing": "assistant", "model": "assistant", "system": "system", "tool": "tool",
@@ -34,53 +35,46 @@ def _where(source: str, line: int | None):
     return err
 
 
-def _message_list(value: Any, field: str, err, *, sharegpt: bool = False) -> list[dict]:
+def _sharegpt(value: Any, field: str, err) -> Any:
+    """ShareGPT turns (`from`/`value`) as messages; anything else is left to the message checks."""
     if not isinstance(value, list):
-        raise err(field, f"expected a list of messages, got {type(value).__name__}")
+        return value
     out = []
     for i, msg in enumerate(value):
         f = f"{field}[{i}]"
         if not isinstance(msg, dict):
-            raise err(f, f"expected a message object, got {type(msg).__name__}")
+            out.append(msg)
+            continue
         msg = dict(msg)
-        if sharegpt:
-            if "from" not in msg:
-                raise err(f"{f}.from", "missing")
-            who = msg.pop("from")
-            if not isinstance(who, str) or who.lower() not in SHAREGPT_ROLES:
-                raise err(f"{f}.from", f"unknown role {who!r} (valid: {', '.join(sorted(SHAREGPT_ROLES))})")
-            if "value" not in msg:
-                raise err(f"{f}.value", "missing")
-            msg = {"role": SHAREGPT_ROLES[who.lower()], "content": msg.pop("value"), **msg}
-        if "role" not in msg:
-            raise err(f"{f}.role", "missing")
-        if "content" not in msg:
-            raise err(f"{f}.content", "missing")
-        out.append(msg)
+        if "from" not in msg:
+            raise err(f"{f}.from", "missing")
+        who = msg.pop("from")
+        if not isinstance(who, str) or who.lower() not in SHAREGPT_ROLES:
+            raise err(f"{f}.from", f"unknown role {who!r} (valid: {', '.join(sorted(SHAREGPT_ROLES))})")
+        if "value" not in msg:
+            raise err(f"{f}.value", "missing")
+        out.append({"role": SHAREGPT_ROLES[who.lower()], "content": msg.pop("value"), **msg})
     return out
 
 
-def _to_messages(raw: dict, err) -> tuple[list[dict], tuple[str, ...]]:
-    """Return (messages, consumed input keys)."""
+def _to_messages(raw: dict, err, **where: Any) -> tuple[list[dict], tuple[str, ...]]:
+    """Return (messages, consumed input keys); `where` (source, line, max_chars) goes to the message checks."""
     if "messages" in raw:
-        return _message_list(raw["messages"], "messages", err), ("messages",)
+        return normalize_messages(raw["messages"], field="messages", **where), ("messages",)
     if "conversations" in raw:
-        return _message_list(raw["conversations"], "conversations", err, sharegpt=True), ("conversations",)
+        turns = _sharegpt(raw["conversations"], "conversations", err)
+        return normalize_messages(turns, field="conversations", **where), ("conversations",)
     if "prompt" in raw or "completion" in raw:
         for key in ("prompt", "completion"):
             if key not in raw:
                 raise err(key, "missing (prompt/completion records need both)")
-        prompt, completion = raw["prompt"], raw["completion"]
-        msgs = (
-            [{"role": "user", "content": prompt}]
-            if isinstance(prompt, str)
-            else _message_list(prompt, "prompt", err)
-        )
-        msgs += (
-            [{"role": "assistant", "content": completion}]
-            if isinstance(completion, str)
-            else _message_list(completion, "completion", err)
-        )
+        msgs = []
+        for key, role in (("prompt", "user"), ("completion", "assistant")):
+            value = raw[key]
+            if isinstance(value, str):
+                msgs.append({"role": role, "content": check_content(value, key, **where)})
+            else:
+                msgs += normalize_messages(value, field=key, **where)
         return msgs, ("prompt", "completion")
     if "instruction" in raw or "output" in raw:
         for key in ("instruction", "output"):
@@ -91,7 +85,10 @@ def _to_messages(raw: dict, err) -> tuple[list[dict], tuple[str, ...]]:
             if not isinstance(val, str):
                 raise err(key, f"expected a string, got {type(val).__name__}")
         user = instruction if not extra.strip() else f"{instruction}\n\n{extra}"
-        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+        msgs = [
+            {"role": "user", "content": check_content(user, "instruction", **where)},
+            {"role": "assistant", "content": check_content(output, "output", **where)},
+        ]
         return msgs, ("instruction", "input", "output")
     raise err(
         None,
@@ -112,19 +109,8 @@ def normalize_record(
     err = _where(source, line)
     if not isinstance(raw, dict):
         raise err(None, f"expected a JSON object, got {type(raw).__name__}")
-    messages, consumed = _to_messages(raw, err)
+    messages, consumed = _to_messages(raw, err, source=source, line=line, max_chars=max_chars)
     field = consumed[0] if consumed[0] in ("messages", "conversations") else "messages"
-    for i, msg in enumerate(messages):
-        f = f"{field}[{i}]"
-        role, content = msg["role"], msg["content"]
-        if role not in ROLES:
-            raise err(f"{f}.role", f"unknown role {role!r} (valid: {', '.join(ROLES)})")
-        if not isinstance(content, str):
-            raise err(f"{f}.content", f"expected a string, got {type(content).__name__}")
-        if not content.strip():
-            raise err(f"{f}.content", "empty")
-        if len(content) > max_chars:
-            raise err(f"{f}.content", f"{len(content):,} characters is over the limit of {max_chars:,}")
     if not any(m["role"] == "assistant" for m in messages):
         raise err(field, "no assistant turn")
     if messages[-1]["role"] != "assistant":
@@ -314,8 +300,13 @@ def write_records(path: str | Path, records: list[dict]) -> int:
 
 
 def last_assistant(record: dict) -> str:
-    """The text the response-level annotators measure: the final assistant turn."""
+    """The final assistant turn: what response-level annotators measure and what a model's answer is compared to."""
     return record["messages"][-1]["content"]
+
+
+def prompt_messages(record: dict) -> list[dict]:
+    """The turns a model answers: the conversation before the record's final assistant turn."""
+    return record["messages"][:-1]
 
 
 def prompt_text(record: dict) -> str:

@@ -13,6 +13,8 @@ client call works against both servers. ``marker_mode`` is ``inferred``, ``fixed
 when markers are given, else inferred). The response carries the block's markers as ``markers`` (with ``fixed`` and
 ``inferred`` apart, and ``marker_mode``); a stream carries them in its last chunk. The message ``content`` is the
 response only, never marker syntax. Marker syntax a user types in a message is text: the chat template sanitises it.
+Request messages are checked by treasure/messages.py, as every edge checks them (here with OpenAI's forms: role
+``developer``, null content, text parts).
 
 Errors are OpenAI-shaped, ``{"error": {"message", "type", "param", "code"}}``: 400 for a bad request (invalid
 markers, too many messages, too long content, ``max_tokens`` over the limit), 401 for a missing or wrong key (when
@@ -35,14 +37,14 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request  # module level: the routes' annotations are resolved in this namespace
 
-from treasure.errors import TaxonomyError, TreasureError
+from treasure.errors import RecordError, TaxonomyError, TreasureError
 from treasure.generate.engine import MODES, Generation
+from treasure.messages import OPENAI_REQUEST, normalize_messages
 
 if TYPE_CHECKING:
     from treasure.generate.engine import Generator
 
 log = logging.getLogger(__name__)
-ROLES = ("system", "user", "assistant", "tool")
 
 
 @dataclass(frozen=True)
@@ -102,34 +104,6 @@ def _number(body: dict, key: str, default: float, lo: float, hi: float) -> float
     return float(value)
 
 
-def _content(msg: Any, i: int) -> dict[str, str]:
-    if not isinstance(msg, dict):
-        raise APIError(400, f"messages[{i}] must be an object", param=f"messages[{i}]")
-    role, content = msg.get("role"), msg.get("content")
-    if role == "developer":  # OpenAI's newer name for the system turn
-        role = "system"
-    if role not in ROLES:
-        raise APIError(400, f"messages[{i}].role: unknown role {role!r} (valid: {', '.join(ROLES)})",
-                       param=f"messages[{i}].role")  # fmt: skip
-    if isinstance(content, list):  # content parts: text only
-        parts = []
-        for part in content:
-            if (
-                not isinstance(part, dict)
-                or part.get("type") != "text"
-                or not isinstance(part.get("text"), str)
-            ):
-                raise APIError(400, f"messages[{i}].content: only text parts are supported",
-                               param=f"messages[{i}].content")  # fmt: skip
-            parts.append(part["text"])
-        content = "".join(parts)
-    if content is None:
-        content = ""
-    if not isinstance(content, str):
-        raise APIError(400, f"messages[{i}].content must be a string", param=f"messages[{i}].content")
-    return {"role": role, "content": content}
-
-
 def parse_request(body: Any, model_name: str, limits: Limits) -> ChatRequest:
     """Check a chat-completions body; raise APIError naming the offending parameter."""
     if not isinstance(body, dict):
@@ -141,12 +115,13 @@ def parse_request(body: Any, model_name: str, limits: Limits) -> ChatRequest:
         raise APIError(404, f"The model `{model}` does not exist (this server has `{model_name}`)",
                        param="model", code="model_not_found")  # fmt: skip
     raw = body.get("messages")
-    if not isinstance(raw, list) or not raw:
-        raise APIError(400, "messages must be a non-empty list", param="messages")
-    if len(raw) > limits.max_messages:
+    if isinstance(raw, list) and len(raw) > limits.max_messages:
         raise APIError(400, f"{len(raw)} messages is over the limit of {limits.max_messages}",
                        param="messages", code="too_many_messages")  # fmt: skip
-    messages = [_content(m, i) for i, m in enumerate(raw)]
+    try:
+        messages = normalize_messages(raw, rules=OPENAI_REQUEST)
+    except RecordError as e:  # the one message error text, answered as OpenAI does: 400 naming the field
+        raise APIError(400, f"{e.field}: {e.message}", param=e.field) from None
     chars = sum(len(m["content"]) for m in messages)
     if chars > limits.max_content_chars:
         raise APIError(400, f"the messages hold {chars:,} characters, over the limit of {limits.max_content_chars:,}",
@@ -396,8 +371,8 @@ def serve(
     """Load the bundle (or plain model: no markers) at `model` and serve it until interrupted."""
     import uvicorn
 
+    from treasure.bundle import load_any
     from treasure.generate.engine import Generator
-    from treasure.train.bundle import load_any
 
     generator = Generator(load_any(model))
     info = generator.bundle.info

@@ -10,10 +10,10 @@ docs/findings.md instead (its own options: --base, --build-base, --quick).
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import time
 from pathlib import Path
+
+from treasure.arms import quiet
 
 # --quick: the plumbing in about a minute. The default run is ExperimentConfig's defaults: ~14 minutes on a 2-core
 # laptop CPU; docs/findings.md says why those values.
@@ -85,20 +85,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _quiet() -> None:
-    """Library progress bars and warnings would bury the demo's own lines."""
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    logging.getLogger("treasure").setLevel(logging.WARNING)
-
-
 def build_config(args: argparse.Namespace):
     from treasure.suite.experiment import ROBUST_INSERTIONS, ExperimentConfig
 
@@ -131,7 +117,7 @@ def run_real(args: argparse.Namespace) -> int:
 
     if args.base or args.build_base:
         raise TreasureError("--base and --build-base belong to --suite")
-    _quiet()
+    quiet()
     kw: dict = {"device": args.device}
     if args.quick:
         kw.update(
@@ -208,7 +194,7 @@ def run_suite(args: argparse.Namespace) -> int:
     if args.set or args.train:
         raise TreasureError("--set and --train belong to the real-model demo, not --suite")
 
-    _quiet()
+    quiet()
     cfg = build_config(args)
     out = Path(args.out)
     start = time.perf_counter()

@@ -83,21 +83,19 @@ def parse_markers(items: list[str]) -> dict[str, str]:
 
 def _prompt_messages(raw: dict, source: str, line: int) -> tuple[list[dict], Any]:
     """The conversation to answer and the reference reply (a trailing assistant turn), from one input record."""
-    from treasure.records import ROLES, normalize_record
+    from treasure.messages import check_content, normalize_messages
+    from treasure.records import DEFAULT_MAX_CHARS, last_assistant, normalize_record, prompt_messages
 
+    where = {"source": source, "line": line, "max_chars": DEFAULT_MAX_CHARS}  # checked as records are
     if isinstance(raw.get("prompt"), str) and "completion" not in raw:
-        if not raw["prompt"].strip():
-            raise RecordError("empty", source=source, line=line, field="prompt")
-        return [{"role": "user", "content": raw["prompt"]}], None
+        prompt = check_content(raw["prompt"], "prompt", **where)
+        return [{"role": "user", "content": prompt}], None
     msgs = raw.get("messages")
     if isinstance(msgs, list) and msgs and isinstance(msgs[-1], dict) and msgs[-1].get("role") != "assistant":
-        for i, m in enumerate(msgs):
-            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-                raise RecordError(f"expected {{role, content}} with a role of {', '.join(ROLES)}",
-                                  source=source, line=line, field=f"messages[{i}]")  # fmt: skip
-        return [{"role": m["role"], "content": m["content"]} for m in msgs], None
+        # a conversation to answer, with no reference reply
+        return normalize_messages(msgs, **where), None
     record = normalize_record({**raw, "markers": {}}, source=source, line=line)
-    return record["messages"][:-1], record["messages"][-1]["content"]
+    return prompt_messages(record), last_assistant(record)
 
 
 def read_prompts(path: str, cli_markers: dict[str, Any], generator: Any) -> list[dict]:
@@ -152,8 +150,8 @@ def _output_record(item: dict, gen: Any) -> dict[str, Any]:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from treasure.bundle import load_any
     from treasure.generate.engine import Generator
-    from treasure.train.bundle import load_any
 
     if (args.prompt is None) == (args.input is None):
         raise TreasureError("give either a PROMPT or --input FILE (with --output FILE)")

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from treasure.arms import quiet
+
 
 def register(sub) -> None:
     p = sub.add_parser("sweep", help="train and evaluate a grid of demo-suite experiments; one report of curves",
@@ -59,9 +61,7 @@ def run(args: argparse.Namespace) -> int:
     def done(name: str, result: dict) -> None:
         print(f"[{time.perf_counter() - start:6.0f}s] done: {name}", flush=True)
 
-    from treasure.commands.demo import _quiet
-
-    _quiet()
+    quiet()
     results = run_sweep(points, out, workers=args.workers, on_done=done, shared=args.shared)
     paths = write_sweep_report(points, results, out, command)
     print(paths["md"].read_text(encoding="utf-8").split("\n![")[0])

@@ -14,7 +14,6 @@ from pathlib import Path
 from treasure.arms import write_jsonl
 
 OASST_FILE = "oasst1_en_validation.jsonl"
-HUMANEVALPACK_FILE = "humanevalpack_python.jsonl"
 
 
 def shipped_oasst() -> Path:
@@ -23,8 +22,11 @@ def shipped_oasst() -> Path:
 
 
 def shipped_humanevalpack() -> Path:
-    """The packaged HumanEvalPack Python problems with their buggy solutions (MIT; data/SOURCE.md)."""
-    return Path(str(files("treasure.demo") / "data" / HUMANEVALPACK_FILE))
+    """The packaged HumanEvalPack Python problems with their buggy solutions (MIT; evaluate/data/SOURCES.md)."""
+    from treasure.evaluate.code_repair import DATA_FILE
+    from treasure.evaluate.control import DATA_DIR
+
+    return DATA_DIR / DATA_FILE
 
 
 def prepare_data(

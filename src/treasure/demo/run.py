@@ -123,11 +123,11 @@ def evaluate_arms(
     """Every measurement of one seed's two arms on the held-out records."""
     import torch
 
+    from treasure.bundle import load_bundle
     from treasure.evaluate.control import format_ok
     from treasure.evaluate.marker_accuracy import marker_accuracy
     from treasure.generate.engine import Generator
     from treasure.stats import TAIL_SHARE
-    from treasure.train.bundle import load_bundle
 
     dtype = torch.float32
     gens = {

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from treasure.errors import RecordError
 from treasure.evaluate.sandbox import SandboxResult, run_python
 
-# Where the data set lives inside the shared data directory (see ../shared/data/SOURCES.md).
+# Where the data set lives inside the shipped evaluation data (evaluate/data/SOURCES.md).
 DATA_FILE = "code/humanevalpack_python.jsonl"
 
 # The paper's instruction for HumanEvalFixTests ("instruct" prompt): the buggy code and its tests, then the

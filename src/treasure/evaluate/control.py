@@ -4,7 +4,8 @@ Each `ControlItem` asks for one thing in two ways: `instructed` (the request wri
 baseline model must get it) and `bare` + `markers` (the prompt without the request and the markers that ask
 for it, as the paper does for marker modes). Length requests follow AlpacaEval-LI ("Answer the following
 instruction using N words or less."); the markers are `length_tokens` (N words at 4/3 tokens a word) and the
-matching `length_bucket`. Prompts come from the shared prompt sets (MT-Bench, Arena-Hard, IFEval).
+matching `length_bucket`. Prompts come from the prompt sets shipped in evaluate/data/prompts (MT-Bench,
+Arena-Hard, IFEval; data/SOURCES.md).
 
 Metrics (pure functions of the response text):
 - length: `violation` (more words than the limit) and `bucket_hit` (the response's length bucket, counted in
@@ -27,7 +28,8 @@ from typing import Any
 from treasure.annotate.length import length_bucket
 
 KINDS = ("length", "format", "language")
-SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
+# The prompt sets shipped with the package (data/SOURCES.md: where each comes from, its license).
+DATA_DIR = Path(__file__).resolve().parent / "data"
 PROMPT_FILES = ("mt_bench_question.jsonl", "arena_hard_v0.1_question.jsonl", "ifeval_input_data.jsonl")
 
 LENGTH_INSTRUCTION = "Answer the following instruction using {n} words or less.\n\n{prompt}"  # AlpacaEval-LI
@@ -65,8 +67,8 @@ class ControlItem:
         return {"id": self.id, "kind": self.kind, "target": self.target, "markers": self.markers}
 
 
-def load_prompts(data_dir: str | Path = SHARED_DATA, max_chars: int = 400) -> list[tuple[str, str]]:
-    """(id, prompt) pairs from the shared prompt sets: single-turn, at most `max_chars` characters."""
+def load_prompts(data_dir: str | Path = DATA_DIR, max_chars: int = 400) -> list[tuple[str, str]]:
+    """(id, prompt) pairs from the prompt sets under `data_dir`/prompts: single-turn, at most `max_chars` characters."""
     out = []
     for name in PROMPT_FILES:
         path = Path(data_dir) / "prompts" / name

@@ -3,15 +3,20 @@
 On held-out annotated records the model sees only the prompt and writes its own marker block; each categorical
 category is then a classification problem: accuracy, macro-F1 over the labels that occur (in the annotation or
 the prediction) and a confusion matrix. A category the model left out of its block counts as the label
-`(none)`, so a silent model is wrong, not skipped. The paper reports language 99%, domain 75%, task 54%,
-format 47% for its 7B model.
+`(none)`, so a silent model is wrong, not skipped. A numeric category (length_tokens, quality) gets the median
+relative error instead. The paper reports language 99%, domain 75%, task 54%, format 47% for its 7B model.
 
     result = marker_accuracy(gold_markers, predicted_markers, ["domain", "task"])
     result["domain"]["accuracy"], result["domain"]["macro_f1"], result["domain"]["confusion"]
+    numeric_scores(gold_markers, predicted_markers, "length_tokens")["relative_error"]
+
+`treasure eval` (evaluate/run.py), the real-model demo (demo/run.py) and the synthetic suite (suite/score.py) all
+score with these functions.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,6 +71,21 @@ def marker_accuracy(
         if pairs:
             out[cat] = category_scores([g for g, _ in pairs], [p for _, p in pairs])
     return out
+
+
+def numeric_scores(
+    gold: Sequence[dict[str, Any]], predicted: Sequence[dict[str, Any]], category: str
+) -> dict[str, Any] | None:
+    """The median relative error |predicted - annotated| / max(annotated, 1) of a numeric category, over the
+    examples that have both (None when none has). The floor of 1 keeps a gold 0 from dividing by zero."""
+    if len(gold) != len(predicted):
+        raise ValueError(f"{len(gold)} annotated records for {len(predicted)} generations")
+    errors = [
+        abs(p[category] - g[category]) / max(g[category], 1)
+        for g, p in zip(gold, predicted, strict=True)
+        if g.get(category) is not None and p.get(category) is not None
+    ]
+    return {"relative_error": statistics.median(errors), "n": len(errors)} if errors else None
 
 
 def example_scores(

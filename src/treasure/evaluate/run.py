@@ -5,7 +5,7 @@ bundle takes no markers, so its mode only names the column. Each evaluation read
 run on the same inputs:
 
 - `markers`  marker accuracy of runs in mode inferred on the held-out records (`marker_accuracy.py`);
-- `control`  length / format / language requests built from the shared prompt sets (`control.py`);
+- `control`  length / format / language requests built from the packaged prompt sets (`control.py`);
 - `slices`   per-example metrics on the held-out records (exact match and token F1 against the reference answer,
              and the marker match of inferred runs) split head / tail by the training statistics (`slices.py`);
 - `code`     HumanEvalFix pass@1 (`code_repair.py`);
@@ -30,6 +30,8 @@ from treasure.errors import TreasureError
 from treasure.evaluate import control as ctl
 from treasure.evaluate import slices as sl
 from treasure.evaluate.marker_accuracy import example_scores, marker_accuracy
+from treasure.records import last_assistant, prompt_messages, prompt_text
+from treasure.stats import TAIL_SHARE
 
 EVALS = ("markers", "control", "slices", "code", "judge")
 DEFAULT_FIX = ("domain", "task", "language", "format", "length_bucket")
@@ -102,7 +104,7 @@ class EvalOptions:
         default=0, metadata={"help": "seed of the control prompts' draw and of the judge's order"}
     )
     data_dir: Path = field(
-        default=ctl.SHARED_DATA, metadata={"cli": False, "help": "the prompt sets of the control evaluation"}
+        default=ctl.DATA_DIR, metadata={"cli": False, "help": "the prompt sets of the control evaluation"}
     )
     extra: dict[str, Any] = field(
         default_factory=dict, metadata={"cli": False, "help": "free-form settings, left out of the report"}
@@ -113,8 +115,8 @@ class ModelRun:
     """A loaded bundle answering prompts in its run's mode."""
 
     def __init__(self, spec: RunSpec, options: EvalOptions, cache: dict[Path, Any] | None = None):
+        from treasure.bundle import load_bundle
         from treasure.generate.engine import Generator
-        from treasure.train.bundle import load_bundle
 
         self.spec = spec
         self.options = options
@@ -197,36 +199,19 @@ def token_f1(response: str, reference: str) -> float:
     return 2 * p * r / (p + r)
 
 
-def _conversation(record: dict) -> list[dict]:
-    msgs = list(record["messages"])
-    while msgs and msgs[-1]["role"] == "assistant":
-        msgs.pop()
-    return msgs
-
-
-def _reference(record: dict) -> str:
-    msgs = record["messages"]
-    return msgs[-1]["content"] if msgs and msgs[-1]["role"] == "assistant" else ""
-
-
-def _question(record: dict) -> str:
-    users = [m["content"] for m in record["messages"] if m["role"] == "user"]
-    return users[-1] if users else ""
-
-
 # ------------------------------------------------------------------------------------------------ sections
 
 
 def _data_section(runs: list[ModelRun], records: list[dict], options: EvalOptions) -> dict[str, Any]:
     """Generate every run's answers to the held-out records and score them per example."""
-    convs = [_conversation(r) for r in records]
+    convs = [prompt_messages(r) for r in records]
     out = {}
     for run in runs:
         fixed = [{c: r["markers"][c] for c in options.fix if c in (r.get("markers") or {})} for r in records]
         gens = run.generate(convs, fixed)
         examples = []
         for rec, gen in zip(records, gens, strict=True):
-            ref = _reference(rec)
+            ref = last_assistant(rec)
             ex: dict[str, Any] = {
                 "response": gen.text,
                 "markers": gen.markers,
@@ -277,7 +262,7 @@ def slices_section(
     }
     return {
         "stats_from": ref.spec.name,
-        "tail_share": stats.get("tail_share", 0.05),
+        "tail_share": stats.get("tail_share", TAIL_SHARE),
         "categories": cats,
         "counts": {"head": slices.count("head"), "tail": slices.count("tail")},
         "slices": slices,
@@ -355,7 +340,7 @@ def judge_section(
     out = []
     for a, b in pairs:
         result = pairwise(
-            [_question(records[i]) for i in idx],
+            [prompt_text(records[i]) for i in idx],
             [data[a][i]["response"] for i in idx],
             [data[b][i]["response"] for i in idx],
             judge,

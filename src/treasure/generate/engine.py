@@ -54,7 +54,7 @@ class Generation:
 
 
 class Generator:
-    """Generation for one loaded bundle (see treasure.train.bundle.load_bundle)."""
+    """Generation for one loaded bundle (see treasure.bundle.load_bundle)."""
 
     def __init__(
         self,

@@ -9,7 +9,8 @@ Modes (greedy decoding, batched, the project's `Generator`):
 - ``length``     on the word-limit prompts, a ``length_tokens`` budget that fits the limit.
 
 What is measured: exact accuracy per task (the suite's checkers), word-limit violations, and in mode inferred the
-marker-inference accuracy per category against the gold markers of the same annotate pipeline.
+marker-inference accuracy per category against the gold markers of the same annotate pipeline (scored by
+evaluate/marker_accuracy.py, as `treasure eval` scores it).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from treasure.evaluate import marker_accuracy as ma
 from treasure.suite.build import DEFAULT_SLOPPY, check
 from treasure.suite.tasks import word_count
 
-TAIL_SHARE = 0.05  # a task under 5% of the training records is in the tail
 SLOPPY_TASKS = tuple(sorted(t for t, p in DEFAULT_SLOPPY.items() if p > 0.5))
 
 
@@ -83,8 +84,8 @@ def score_bundle(
     """Generate for every test item in each mode the bundle supports; return accuracy and control metrics."""
     import torch
 
+    from treasure.bundle import load_bundle
     from treasure.generate.engine import Generator
-    from treasure.train.bundle import load_bundle
 
     bundle = load_bundle(folder, dtype=torch.float32)
     if cuda:
@@ -138,27 +139,20 @@ def score_bundle(
 
 
 def marker_accuracy(test_records: list[dict], gens, bundle: Any) -> dict[str, Any]:
-    """Per categorical category: share of test items whose inferred value equals the gold one."""
-    result = {}
+    """Per category of the bundle: the share of test items whose inferred value equals the gold one (with how many
+    gold values occur), or for a numeric category the median relative error (evaluate/marker_accuracy.py)."""
+    gold = [t["markers"] for t in test_records]
+    inferred = [g.inferred for g in gens]
+    result: dict[str, Any] = {}
     for cat in bundle.marker_taxonomy:
         if cat.numeric:
-            pairs = [
-                (t["markers"].get(cat.name), g.inferred.get(cat.name))
-                for t, g in zip(test_records, gens, strict=True)
-            ]
-            errs = [abs(p - g) / max(g, 1) for g, p in pairs if g is not None and p is not None]
-            if errs:
-                result[cat.name] = {"relative_error": statistics.median(errs), "n": len(errs)}
+            scores = ma.numeric_scores(gold, inferred, cat.name)
+            if scores:
+                result[cat.name] = scores
             continue
-        pairs = [
-            (t["markers"].get(cat.name), g.inferred.get(cat.name))
-            for t, g in zip(test_records, gens, strict=True)
-        ]
-        scored = [(g, p) for g, p in pairs if g is not None]
-        if scored:
-            result[cat.name] = {
-                "accuracy": sum(str(g) == str(p) for g, p in scored) / len(scored),
-                "n": len(scored),
-                "gold_values": len({str(g) for g, _ in scored}),
-            }
+        scores = ma.marker_accuracy(gold, inferred, [cat.name]).get(cat.name)
+        if scores:
+            # a confusion row per label; the rows with counts are the gold values that occur
+            gold_values = sum(any(row) for row in scores["confusion"])
+            result[cat.name] = {"accuracy": scores["accuracy"], "n": scores["n"], "gold_values": gold_values}
     return result

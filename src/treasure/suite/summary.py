@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from treasure.suite.score import TAIL_SHARE
+from treasure.stats import TAIL_SHARE
 
 # The paper's figures (arXiv 2506.14702), beside ours; they come from 7B models and LLM judges, not this suite.
 PAPER = {

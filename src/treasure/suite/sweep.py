@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from treasure.arms import quiet
 from treasure.errors import ConfigError
 from treasure.suite.experiment import ExperimentConfig, run_experiment
 
@@ -92,9 +93,7 @@ def _run_point(point: Point, out: str, threads: int | None, shared: str) -> tupl
         import torch
 
         torch.set_num_threads(threads)
-    from treasure.commands.demo import _quiet
-
-    _quiet()
+    quiet()
     from treasure.suite.summary import write_report
 
     folder = Path(out) / "points" / point.name

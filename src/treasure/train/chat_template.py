@@ -27,8 +27,8 @@ import math
 from typing import Any
 
 from treasure.errors import ConfigError
+from treasure.recipe import MarkerConfig
 from treasure.taxonomy import Taxonomy
-from treasure.train.marker_config import MarkerConfig
 
 # Characters `re.IGNORECASE` matches for each letter of MARKER_LIST (sanitize's first pattern).
 _MARKER_LIST_CHARS = [

@@ -23,8 +23,8 @@ from trl import ModelConfig, SFTConfig, TrlParser
 
 from treasure.errors import ConfigError
 from treasure.model_source import check_model, is_alias, is_gguf
+from treasure.recipe import MarkerConfig
 from treasure.taxonomy import Taxonomy, load_taxonomy
-from treasure.train.marker_config import MarkerConfig
 from treasure.train.tiny import is_tiny
 
 

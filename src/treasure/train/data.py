@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from treasure.errors import RecordError, TreasureError
+from treasure.recipe import MarkerConfig
 from treasure.taxonomy import Taxonomy
-from treasure.train.marker_config import MarkerConfig
 from treasure.train.render import render_example
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ from typing import Any
 
 from treasure.errors import TreasureError
 from treasure.markers import drop_prompt_markers, dropout_rng, render_block, sanitize
+from treasure.recipe import MarkerConfig
 from treasure.taxonomy import Taxonomy
-from treasure.train.marker_config import MarkerConfig
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:

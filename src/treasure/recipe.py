@@ -1,4 +1,6 @@
-"""The `markers:` section of a training config: which markers a run trains on, in which format and where.
+"""The marker recipe: which markers a run trains on, in which format and where (the `markers:` section of a
+training config, and what a bundle's treasure.json records so that generate, serve and evaluate use the model as it
+was trained).
 
 Every switch is an ablation of the paper's recipe (arXiv 2506.14702, section 3):
 
