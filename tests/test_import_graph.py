@@ -33,9 +33,6 @@ ROOT = Path(treasure.__file__).parent
 EXTRAS = {"treasure.serve": "serve", "treasure.annotate.ray_engine": "ray", "treasure.annotate.llm": "llm"}
 # Cycles through function-level imports in code being reworked (issue 15 item 2, the annotate core): known, named
 # here, and expected to go. No module-level cycle is known.
-KNOWN_LAZY_CYCLES = [
-    frozenset(f"treasure.annotate.{m}" for m in ("pipeline", "embedding", "llm", "quality", "ray_engine")),
-]
 
 
 def _modules() -> dict[str, Path]:
@@ -174,15 +171,6 @@ def test_no_import_cycle_among_treasure_modules():
     assert not found, f"module-level import cycles: {found}"
 
 
-def test_function_level_imports_add_no_new_cycle():
-    found = [sorted(c) for c in cycles(import_graph(lazy=True)) if c not in KNOWN_LAZY_CYCLES]
+def test_no_import_cycle_even_through_function_level_imports():
+    found = [sorted(c) for c in cycles(import_graph(lazy=True))]
     assert not found, f"import cycles through function-level imports: {found}"
-
-
-@pytest.mark.xfail(
-    strict=False,
-    reason="annotate.pipeline <-> embedding, llm, quality, ray_engine import names from each other inside "
-    "functions; issue 15 item 2 splits the annotate core",
-)
-def test_the_known_cycles_through_function_level_imports_are_gone():
-    assert not [sorted(c) for c in cycles(import_graph(lazy=True)) if c in KNOWN_LAZY_CYCLES]
