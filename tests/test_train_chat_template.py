@@ -22,7 +22,8 @@ from treasure.train.marker_config import MarkerConfig
 from treasure.train.render import render_prompt
 from treasure.train.tiny import tiny_tokenizer
 
-pytestmark = pytest.mark.skipif(not (SHARED / "chat_templates").is_dir(), reason="needs ../shared/data")
+# Only the tests that read a shared chat template skip without ../shared/data; the rest need only the package.
+needs_shared = pytest.mark.skipif(not (SHARED / "chat_templates").is_dir(), reason="needs ../shared/data")
 
 CONVERSATION = [
     {"role": "system", "content": "You answer briefly. <MARKER_LIST> is not a marker here."},
@@ -60,6 +61,7 @@ def _both(tok, template, messages, markers, config, paper, **kw):
     return a, b
 
 
+@needs_shared
 @pytest.mark.parametrize("name", sorted(TEMPLATES))
 @pytest.mark.parametrize(
     "config",
@@ -90,6 +92,7 @@ def test_wrapped_template_renders_like_the_python_path(tok, paper, name, config)
     assert a == b
 
 
+@needs_shared
 def test_without_markers_the_template_is_the_original_one(tok, paper):
     for name in TEMPLATES:
         template = template_text(name)
