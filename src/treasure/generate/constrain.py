@@ -662,7 +662,15 @@ def _machine_for(
     max_number_digits: int,
     prompt_end: str,
 ) -> _Machine:
-    key = (taxonomy.fingerprint(), fmt, categories, max_number_digits, prompt_end, len(tokenizer))
+    # the format itself, not its name: a name registered again with other syntax gets a machine of its own
+    key = (
+        taxonomy.fingerprint(),
+        block_format(fmt),
+        categories,
+        max_number_digits,
+        prompt_end,
+        len(tokenizer),
+    )
     texts = token_texts(tokenizer)
     with _CACHE_LOCK:
         per_tokenizer = _CACHE.setdefault(tokenizer, {})
