@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from treasure.errors import ConfigError
-from treasure.markers import FORMATS, SEPARATOR
+from treasure.markers import FORMATS, SEPARATOR, block_format
 from treasure.taxonomy import Taxonomy
 
 MODES = ("markers", "baseline")
@@ -140,8 +140,9 @@ class MarkerConfig:
 
     @property
     def adds_tokens(self) -> bool:
-        """Whether the tokenizer gets the compact marker tokens (never in baseline mode: same model as plain SFT)."""
-        return self.mode == "markers" and self.format == "compact"
+        """Whether the tokenizer gets the format's added marker tokens (never in baseline mode: same model as plain
+        SFT)."""
+        return self.mode == "markers" and block_format(self.format).added_tokens
 
     @property
     def separator(self) -> str:

@@ -56,16 +56,7 @@ import torch
 from transformers import LogitsProcessor
 
 from treasure.errors import TaxonomyError, TreasureError
-from treasure.markers import (
-    COMPACT_CLOSE,
-    COMPACT_OPEN,
-    FORMATS,
-    PAPER_CLOSE,
-    PAPER_OPEN,
-    SEPARATOR,
-    format_value,
-    render_block,
-)
+from treasure.markers import block_format, render_block
 from treasure.taxonomy import Category, Taxonomy
 
 _INF = 1 << 30
@@ -83,8 +74,8 @@ class MarkerTokenizationError(TreasureError):
 
 @dataclass(frozen=True)
 class _NumberSpec:
-    decimals: int  # 0 for int, 2 for float (render_block's "%.2f")
-    space: bool  # a space precedes the number (paper format)
+    decimals: int  # 0 for int, the format's float_decimals for float (as render_block writes it)
+    space: bool  # a space precedes the number (the paper format's segment has one)
     signed: bool  # a leading '-' is allowed
     max_digits: int  # integer digits at most
 
@@ -219,6 +210,7 @@ class _Machine:
         self.tokenizer = tokenizer
         self.taxonomy = taxonomy
         self.fmt = fmt
+        self.syntax = block_format(fmt)
         self.cats: tuple[Category, ...] = tuple(taxonomy[name] for name in categories)
         self.index = {c.name: i for i, c in enumerate(self.cats)}
         self.prompt_end = prompt_end
@@ -232,13 +224,12 @@ class _Machine:
         self._keep: list[_Node] = []  # nodes keyed by id() in the memo tables stay alive with the machine
         self.max_id = 0  # the largest id any block may use: the model must score at least this many
 
-        paper = fmt == "paper"
-        opener, closer = (PAPER_OPEN, PAPER_CLOSE) if paper else (COMPACT_OPEN, COMPACT_CLOSE)
+        syntax = self.syntax
         # Every segment follows ">" (the opener's or the previous segment's), so the opener is its context.
-        self._before = prompt_end + opener
-        self.open_ids = self._piece(prompt_end, opener)
+        self._before = prompt_end + syntax.open
+        self.open_ids = self._piece(prompt_end, syntax.open)
         # The closer and the separator are one piece: Llama-3 and Qwen2 pre-tokenizers make ">\n" one pre-token.
-        self.close_ids = self._piece(self._before, (" " if paper else "") + closer + SEPARATOR[fmt])
+        self.close_ids = self._piece(self._before, syntax.joiner + syntax.close + syntax.separator)
         self.values: dict[int, list[tuple[int, ...]]] = {}
         self.heads: dict[int, tuple[int, ...]] = {}
         self.tails: dict[int, tuple[int, ...]] = {}
@@ -249,17 +240,23 @@ class _Machine:
             if not cat.numeric:
                 self.values[j] = [self._piece(self._before, self._segment(cat, v)) for v in cat.values]
                 continue
-            head = f" <{cat.name}>" if paper else f"<|{cat.name}|>"
+            # The segment's text before the number, less a space right before it: the number's grammar takes that
+            # space (it may merge with the first digits), then the text after the number is its tail.
+            pre, post = syntax.around_value(cat)
+            space = pre.endswith(" ")
+            head = syntax.joiner + (pre[:-1] if space else pre)
+            lead = " " if space else ""
             self.heads[j] = self._piece(self._before, head)
-            self.tails[j] = self._piece(self._before + head + " 1", f" </{cat.name}>") if paper else ()
-            sample = self._piece(self._before + head, " 1" if paper else "1")
+            self.tails[j] = self._piece(self._before + head + lead + "1", post) if post else ()
+            sample = self._piece(self._before + head, lead + "1")
             merged = bool(sample) and texts[sample[0]] != " "
             digits = max_number_digits
             if cat.max is not None and cat.max >= 0:
                 digits = min(
                     digits, len(str(int(cat.max)))
                 )  # a cheap part of the bound: no more digits than max
-            spec = _NumberSpec(2 if cat.kind == "float" else 0, paper, cat.min is None or cat.min < 0, digits)
+            decimals = syntax.float_decimals if cat.kind == "float" else 0
+            spec = _NumberSpec(decimals, space, cat.min is None or cat.min < 0, digits)
             self.specs[j] = spec
             if spec not in tables:
                 tables[spec] = _number_table(spec, pieces, merged)
@@ -284,13 +281,11 @@ class _Machine:
         return ids
 
     def _segment(self, cat: Category, text: str) -> str:
-        if self.fmt == "paper":
-            return f" <{cat.name}> {text} </{cat.name}>"
-        return f"<|{cat.name}|>{text}" if cat.numeric else f"<|{cat.name}={text}|>"
+        return self.syntax.joiner + self.syntax.segment(cat, text)
 
     def render_ids(self, markers: Mapping[str, Any]) -> list[int]:
         """How the block of `markers` plus its separator tokenizes after `prompt_end` (what training saw)."""
-        text = render_block(markers, self.taxonomy, self.fmt) + SEPARATOR[self.fmt]
+        text = render_block(markers, self.taxonomy, self.fmt) + self.syntax.separator
         return list(self._piece(self.prompt_end, text))
 
     # -- fixed markers ----------------------------------------------------------------------------------------------
@@ -307,7 +302,7 @@ class _Machine:
                     f"fixed marker {name!r} is not among the categories this model writes "
                     f"({', '.join(c.name for c in self.cats) or 'none'})"
                 )
-            out.append((self.index[name], format_value(self.taxonomy[name], value)))
+            out.append((self.index[name], self.syntax.value_text(self.taxonomy[name], value)))
         return tuple(out)
 
     # -- building -----------------------------------------------------------------------------------------------------
@@ -667,7 +662,15 @@ def _machine_for(
     max_number_digits: int,
     prompt_end: str,
 ) -> _Machine:
-    key = (taxonomy.fingerprint(), fmt, categories, max_number_digits, prompt_end, len(tokenizer))
+    # the format itself, not its name: a name registered again with other syntax gets a machine of its own
+    key = (
+        taxonomy.fingerprint(),
+        block_format(fmt),
+        categories,
+        max_number_digits,
+        prompt_end,
+        len(tokenizer),
+    )
     texts = token_texts(tokenizer)
     with _CACHE_LOCK:
         per_tokenizer = _CACHE.setdefault(tokenizer, {})
@@ -703,8 +706,7 @@ class MarkerConstraint:
         max_block_tokens: int | None = None,
         prompt_end: str = "",
     ):
-        if fmt not in FORMATS:
-            raise TaxonomyError(f"unknown marker format {fmt!r} (valid: {', '.join(FORMATS)})")
+        block_format(fmt)  # an unknown format fails here, naming the valid ones
         if max_number_digits < 1:
             raise ValueError("max_number_digits must be at least 1")
         if max_block_tokens is not None and max_block_tokens < 1:

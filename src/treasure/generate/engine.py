@@ -14,6 +14,10 @@ Modes (the paper's three):
 With constrained decoding (the default) the block can only hold valid categories and values of the bundle's
 taxonomy; a block that the model leaves open (unconstrained, or a truncated generation) still yields a response
 and `block_closed=False`, never an exception.
+
+A request is planned first (`Generator.plan`: the prompt text and the validated fixed markers, a `Plan`), then
+run: `generate_batch` and `stream` share the planning, the encoding (left-padded here, so the bundle's tokenizer is
+never changed) and the logits processors; only how the new ids come back differs.
 """
 
 from __future__ import annotations
@@ -23,16 +27,41 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from treasure.errors import TaxonomyError, TreasureError
-from treasure.markers import first_of, marker_syntax, merge_markers
+from treasure.markers import block_format, first_of, marker_syntax, merge_markers
 
 log = logging.getLogger(__name__)
 
 MODES = ("inferred", "fixed", "onthefly")
 # Annotators that read only the prompt, so they can run before a response exists.
 PROMPT_ANNOTATORS = ("embedding", "language")
+# End-of-turn tokens of common chat templates (ChatML/Qwen, Llama 3, Gemma, Phi-3, Command R): a model may end its
+# turn with one of them even where its generation config names only the end of the text.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|END_OF_TURN_TOKEN|>")
+
+
+def stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every id that ends a turn: the model's and the tokenizer's eos ids, and those END_OF_TURN_TOKENS it has."""
+    ids = set()
+    for source in (model.generation_config.eos_token_id, tokenizer.eos_token_id):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(source)
+    for tok in END_OF_TURN_TOKENS:
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None:
+            ids.add(tid)
+    return sorted(ids)
+
+
+class Plan(NamedTuple):
+    """One conversation, planned: the prompt text the model reads and the (validated) markers its block must hold."""
+
+    prompt: str
+    fixed: dict[str, Any]
 
 
 @dataclass
@@ -68,10 +97,11 @@ class Generator:
             raise TreasureError(f"{bundle.path}: loaded without its model; load it with load_model=True")
         self.bundle = bundle
         self.model = bundle.model.eval()
-        self.tokenizer = bundle.tokenizer
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = bundle.tokenizer  # shared with the bundle: read, never reconfigured
+        # Rows are left-padded here (`_encode`) with the pad token, or the end of text where there is none.
+        tok = self.tokenizer
+        self._pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self._pad_text = tok.pad_token if tok.pad_token_id is not None else tok.eos_token
         cfg = bundle.markers
         self.config = cfg
         self.taxonomy = bundle.marker_taxonomy
@@ -95,26 +125,14 @@ class Generator:
             self._texts = token_texts(self.tokenizer)
             self._guard = tables_for(self.tokenizer, self._syntax)
         self._onthefly = list(onthefly_annotators) if onthefly_annotators is not None else None
-        self._stop_ids = self._end_of_turn_ids()
+        self._stop_ids = stop_ids(self.model, self.tokenizer)
         self._lock = threading.Lock()  # one generate at a time per model (the server's threads share it)
-        # A fast tokenizer is a Rust object that refuses concurrent use ("Already borrowed") when one call changes
-        # its padding settings while another reads it: every encode and decode goes through this lock.
+        # A fast tokenizer is a Rust object that refuses concurrent use ("Already borrowed") when a call changes its
+        # settings while another reads it; the bundle's tokenizer may be used by others: encode and decode here
+        # go through this lock.
         self._tok_lock = threading.RLock()
 
     # -------------------------------------------------------------------------------------------- markers in
-
-    def _end_of_turn_ids(self) -> list[int]:
-        ids = set()
-        for source in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
-            if isinstance(source, int):
-                ids.add(source)
-            elif source:
-                ids.update(source)
-        for tok in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|END_OF_TURN_TOKEN|>"):
-            tid = self.tokenizer.convert_tokens_to_ids(tok)
-            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id and tid is not None:
-                ids.add(tid)
-        return sorted(ids)
 
     def validate_markers(self, markers: dict[str, Any] | None) -> dict[str, Any]:
         """Canonical markers, or a TaxonomyError naming the category, for this bundle's categories."""
@@ -150,10 +168,8 @@ class Generator:
                     found[cat] = value
         return self.taxonomy.validate_markers(found)
 
-    def plan(
-        self, messages: list[dict], markers: dict[str, Any] | None, mode: str
-    ) -> tuple[str, dict[str, Any]]:
-        """(prompt text, fixed markers) for one conversation in one mode."""
+    def plan(self, messages: list[dict], markers: dict[str, Any] | None, mode: str) -> Plan:
+        """The prompt text and fixed markers for one conversation in one mode (validated: raises on bad input)."""
         if mode not in MODES:
             raise TreasureError(f"unknown mode {mode!r} (valid: {', '.join(MODES)})")
         fixed = self.validate_markers(markers)
@@ -163,7 +179,7 @@ class Generator:
             fixed = merge_markers(fixed, self.predict_markers(messages))
             fixed = self.taxonomy.validate_markers(fixed)
         prompt = self.bundle.prompt(messages, markers=fixed or None)
-        return prompt, fixed
+        return Plan(prompt, fixed)
 
     # ------------------------------------------------------------------------------------------- generation
 
@@ -210,7 +226,7 @@ class Generator:
             "max_new_tokens": max_new_tokens,
             "min_new_tokens": min(min_new_tokens, max_new_tokens) or None,
             "eos_token_id": self._stop_ids or None,
-            "pad_token_id": self.tokenizer.pad_token_id,
+            "pad_token_id": self._pad_id,
         }
         if temperature and temperature > 0:
             kw.update(do_sample=True, temperature=temperature, top_p=top_p)
@@ -229,10 +245,42 @@ class Generator:
             out.append(i)
         with self._tok_lock:
             text = self.tokenizer.decode(out, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        pad = self.tokenizer.pad_token
-        if pad and pad not in stop:
-            text = text.replace(pad, "")
+        if self._pad_text:
+            text = text.replace(self._pad_text, "")
         return text, len(out), reason
+
+    def _encode(self, prompts: list[str]) -> dict[str, Any]:
+        """The prompts' ids, left-padded to one width (every block then starts right after the input columns)."""
+        import torch
+
+        with self._tok_lock:
+            enc = self.tokenizer(prompts, add_special_tokens=False)
+        width = max(len(ids) for ids in enc["input_ids"])
+        fill = {"input_ids": self._pad_id, "attention_mask": 0}
+        out = {}
+        for key, rows in enc.items():
+            pad = fill.get(key, 0)
+            out[key] = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], dtype=torch.long)
+        return {k: v.to(self.model.device) for k, v in out.items()}
+
+    def _prepare(
+        self,
+        plans: Sequence[Plan],
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        min_new_tokens: int,
+    ):
+        """(encoded prompts, block constraint or None, logits processors, generate kwargs) for one generate call:
+        everything `generate_batch` and `stream` hand to the model."""
+        enc = self._encode([p.prompt for p in plans])
+        block, processors = self._processors([p.fixed for p in plans], max_new_tokens)
+        return (
+            enc,
+            block,
+            processors,
+            self._generate_kwargs(max_new_tokens, temperature, top_p, min_new_tokens),
+        )
 
     def _result(self, raw: str, fixed: dict, mode: str, block: Any, n_prompt: int, n_new: int, reason: str):
         if not self.writes_block:
@@ -295,13 +343,9 @@ class Generator:
         bar = tqdm(total=len(plans), desc="generate", unit="prompt", disable=not progress)
         for start in range(0, len(plans), batch_size):
             chunk = plans[start : start + batch_size]
-            with self._tok_lock:
-                enc = self.tokenizer(
-                    [p for p, _ in chunk], return_tensors="pt", padding=True, add_special_tokens=False
-                )
-            enc = {k: v.to(self.model.device) for k, v in enc.items()}
-            processor, processors = self._processors([f for _, f in chunk], max_new_tokens)
-            kw = self._generate_kwargs(max_new_tokens, temperature, top_p, min_new_tokens)
+            enc, processor, processors, kw = self._prepare(
+                chunk, max_new_tokens, temperature, top_p, min_new_tokens
+            )
             with self._lock, torch.inference_mode():
                 if seed is not None:
                     torch.manual_seed(seed + start)
@@ -311,7 +355,7 @@ class Generator:
             for row, (plan, block) in enumerate(zip(chunk, blocks, strict=True)):
                 raw, n_new, reason = self._decode(out[row, width:].tolist())
                 n_prompt = int(enc["attention_mask"][row].sum())
-                results.append(self._result(raw, plan[1], mode, block, n_prompt, n_new, reason))
+                results.append(self._result(raw, plan.fixed, mode, block, n_prompt, n_new, reason))
             bar.update(len(chunk))
         bar.close()
         return results
@@ -342,13 +386,11 @@ class Generator:
         from transformers.generation.streamers import BaseStreamer
 
         mode = mode or ("fixed" if markers else "inferred")
-        prompt, fixed = self.plan(messages, markers, mode)
-        with self._tok_lock:
-            enc = self.tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
-        enc = {k: v.to(self.model.device) for k, v in enc.items()}
+        plan = self.plan(messages, markers, mode)
+        enc, processor, processors, gen_kw = self._prepare(
+            [plan], max_new_tokens, temperature, top_p, min_new_tokens
+        )
         width = enc["input_ids"].shape[1]
-        processor, processors = self._processors([fixed], max_new_tokens)
-        gen_kw = self._generate_kwargs(max_new_tokens, temperature, top_p, min_new_tokens)
         ids_q: queue.Queue = queue.Queue()
 
         class _Ids(BaseStreamer):
@@ -402,7 +444,7 @@ class Generator:
         out = box["out"]
         block = processor.results(out)[0] if processor else None
         raw, n_new, reason = self._decode(out[0, width:].tolist())
-        result = self._result(raw, fixed, mode, block, width, n_new, reason)
+        result = self._result(raw, plan.fixed, mode, block, width, n_new, reason)
         if result.text.startswith(sent) and len(result.text) > len(sent):
             yield result.text[len(sent) :]
         yield result
@@ -414,8 +456,6 @@ class Generator:
         parsed, response = self.bundle.split_completion(raw)
         if parsed.found and not parsed.complete:
             return None
-        if not parsed.found:
-            opener = "<MARKER_LIST>" if self.config.format == "paper" else "<|markers|>"
-            if opener.startswith(raw.lstrip()):  # may still become a block
-                return None
+        if not parsed.found and block_format(self.config.format).open.startswith(raw.lstrip()):
+            return None  # may still become a block
         return self._clean(response, partial=True)[0]

@@ -1,18 +1,18 @@
 """No marker syntax after the block: a logits processor that keeps every delimiter and marker token out of the response.
 
 A model fine-tuned with markers has seen marker tokens at the start of every completion; a real pretrained model
-after a short run keeps writing them (``<|markers|><|/markers|>Blog: ...``). The block constraint
+after a short run keeps writing them (an empty compact block, then ``Blog: ...``). The block constraint
 (constrain.py) shapes the block itself; once a row's block is closed (or for a bundle whose completions carry no
 block, from the first token) this guard takes over: it forbids any token that would complete one of the marker
-strings (``markers.marker_syntax``: both formats' delimiters and every compact marker token) in the text written
+strings (``markers.marker_syntax``: every format's delimiters and every added marker token) in the text written
 so far, and it keeps the turn from ending before the response has its first token (no training response is
 empty). The rule is on text, not ids, so it holds however the string would be split: an added compact token, or
-``<`` + ``MARK`` + ``ER_LIST`` + ``>`` from ordinary pieces. A row may still write ``<MARK``; it cannot write the
-character that makes ``<MARKER_LIST>``.
+the paper opener from ordinary pieces (``<`` + ``MARK`` + ``ER_LIST`` + ``>``). A row may still write ``<MARK``;
+it cannot write the character that completes the opener.
 
 Tables. Every marker string starts with ``<`` and has no other ``<`` (taxonomy values cannot hold one), so the
 only partial marker string a text can end in begins at its last ``<``. For every proper prefix ``p`` of a marker
-string the guard keeps the ids whose text starts with what completes it (``<|markers`` -> ids starting ``|>``),
+string the guard keeps the ids whose text starts with what completes it (``<|mark`` -> ids starting ``ers|>``),
 plus the ids whose text holds a whole marker string (always banned). They are built once per tokenizer and
 marker strings (about 0.3 s for a 49k vocabulary) and cached; a step costs a string search per row and one
 index fill.

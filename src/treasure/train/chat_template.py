@@ -13,9 +13,10 @@ tag trims its whitespace and the last one's newline is eaten by ``trim_blocks``,
 always enables. The taxonomy (categories, values, bounds) is written into the template as literals, so the template
 is self-contained. Invalid markers raise a TemplateError, as render_block raises a TaxonomyError.
 
-sanitize's regular expression is re-implemented with string operations (Jinja has no regex): text is split on "<"
-(no match can contain a second "<", so each "<" is tested on its own), then each piece is checked against the two
-patterns with a small state machine. Python's case-insensitive matching also lets a few non-ASCII letters match
+sanitize's regular expression is re-implemented with string operations (Jinja has no regex) from the same rules
+(markers.sanitize_rules): text is split on "<" (no match can contain a second "<", so each "<" is tested on its
+own), then each piece is checked against every text format's delimiter tags and every token format's shape with a
+small state machine. The block's pieces come from the run format's `BlockFormat` (markers.py) too. Python's case-insensitive matching also lets a few non-ASCII letters match
 ASCII ones (the Kelvin sign for k, dotted/dotless i, long s); the tables below list them, and a test checks them
 against `re` over every code point.
 """
@@ -24,19 +25,27 @@ from __future__ import annotations
 
 import json
 import math
+import string
 from typing import Any
 
 from treasure.errors import ConfigError
+from treasure.markers import PAPER, ZWSP, BlockFormat, block_format, sanitize_rules
 from treasure.recipe import MarkerConfig
 from treasure.taxonomy import Taxonomy
 
-# Characters `re.IGNORECASE` matches for each letter of MARKER_LIST (sanitize's first pattern).
-_MARKER_LIST_CHARS = [
-    "Mm", "Aa", "Rr", "Kk\u212a", "Ee", "Rr", "_", "Ll", "Ii\u0130\u0131", "Ss\u017f", "Tt",
-]  # fmt: skip
-# Characters `(?i)[A-Za-z_]` matches: the first character of a compact marker's name.
-_NAME_START_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_\u0130\u0131\u017f\u212a"
-ZWSP = "\u200b"
+# The non-ASCII characters `re.IGNORECASE` matches for an ASCII letter (every other letter matches its two cases).
+_FOLDS = {"i": "\u0130\u0131", "k": "\u212a", "s": "\u017f"}
+# Characters `(?i)[A-Za-z_]` matches: the first character of a marker token's name.
+_NAME_START_CHARS = string.ascii_uppercase + string.ascii_lowercase + "_" + "".join(_FOLDS.values())
+
+
+def _fold_chars(word: str) -> list[str]:
+    """For each character of `word` (ASCII), every character `re.IGNORECASE` matches it with."""
+    return [c.upper() + c.lower() + _FOLDS.get(c.lower(), "") if c.isalpha() else c for c in word]
+
+
+# The paper opener's tables, which a test checks against `re` over every code point.
+_MARKER_LIST_CHARS = _fold_chars(PAPER.open[1:-1])
 
 
 def _lit(value: Any) -> str:
@@ -66,17 +75,22 @@ def _bound(value: float | None, name: str, which: str) -> float | None:
     raise ConfigError(f"taxonomy category {name!r}: {which} {value} leaves no valid value")
 
 
-def _categories(taxonomy: Taxonomy) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": c.name,
-            "kind": c.kind,
-            "values": list(c.values),
-            "min": _bound(c.min, c.name, "min"),
-            "max": _bound(c.max, c.name, "max"),
-        }
-        for c in taxonomy
-    ]
+def _categories(taxonomy: Taxonomy, fmt: BlockFormat) -> list[dict[str, Any]]:
+    out = []
+    for c in taxonomy:
+        pre, post = fmt.around_value(c)  # a segment is pre + value text + post
+        out.append(
+            {
+                "name": c.name,
+                "kind": c.kind,
+                "values": list(c.values),
+                "min": _bound(c.min, c.name, "min"),
+                "max": _bound(c.max, c.name, "max"),
+                "pre": pre,
+                "post": post,
+            }
+        )
+    return out
 
 
 # The preamble. `{lit:...}` holes are filled by `wrap_chat_template`. It reads `messages` and `markers` and rebinds
@@ -85,7 +99,8 @@ _PREAMBLE = r"""{#- treasure: markers-aware chat template (treasure.train.chat_t
 {%- set treasure_cfg = {CFG} -%}
 {%- set treasure_cats = {CATS} -%}
 {%- set treasure_names = treasure_cats | map(attribute='name') | list -%}
-{%- set treasure_ml = {MLCHARS} -%}
+{%- set treasure_tags = {TAGS} -%}
+{%- set treasure_tokens = {TOKENS} -%}
 {%- set treasure_ns = namespace(parts=[], block='', msgs=[], last_user=-1, out='', hit=false, state=0, val=none, text='') -%}
 {%- if treasure_cfg['prompt'] and markers is defined and markers is not none -%}
   {%- if markers is not mapping -%}
@@ -135,23 +150,13 @@ _PREAMBLE = r"""{#- treasure: markers-aware chat template (treasure.train.chat_t
         {%- if treasure_c['max'] is not none and treasure_x > treasure_c['max'] -%}
           {{- raise_exception(treasure_c['name'] ~ ': above the maximum') -}}
         {%- endif -%}
-        {%- set treasure_t = '%.2f' | format(treasure_x) if treasure_c['kind'] == 'float' else treasure_x | string -%}
+        {%- set treasure_t = treasure_cfg['float'] | format(treasure_x) if treasure_c['kind'] == 'float' else treasure_x | string -%}
       {%- endif -%}
-      {%- if treasure_cfg['format'] == 'paper' -%}
-        {%- set treasure_ns.parts = treasure_ns.parts + ['<' ~ treasure_c['name'] ~ '> ' ~ treasure_t ~ ' </' ~ treasure_c['name'] ~ '>'] -%}
-      {%- elif treasure_c['kind'] == 'categorical' -%}
-        {%- set treasure_ns.parts = treasure_ns.parts + ['<|' ~ treasure_c['name'] ~ '=' ~ treasure_t ~ '|>'] -%}
-      {%- else -%}
-        {%- set treasure_ns.parts = treasure_ns.parts + ['<|' ~ treasure_c['name'] ~ '|>' ~ treasure_t] -%}
-      {%- endif -%}
+      {%- set treasure_ns.parts = treasure_ns.parts + [treasure_c['pre'] ~ treasure_t ~ treasure_c['post']] -%}
     {%- endif -%}
   {%- endfor -%}
   {%- if treasure_ns.parts -%}
-    {%- if treasure_cfg['format'] == 'paper' -%}
-      {%- set treasure_ns.block = treasure_cfg['open'] ~ ' ' ~ treasure_ns.parts | join(' ') ~ ' ' ~ treasure_cfg['close'] -%}
-    {%- else -%}
-      {%- set treasure_ns.block = treasure_cfg['open'] ~ treasure_ns.parts | join('') ~ treasure_cfg['close'] -%}
-    {%- endif -%}
+    {%- set treasure_ns.block = ([treasure_cfg['open']] + treasure_ns.parts + [treasure_cfg['close']]) | join(treasure_cfg['joiner']) -%}
   {%- endif -%}
 {%- endif -%}
 {%- for treasure_m in messages -%}
@@ -165,35 +170,39 @@ _PREAMBLE = r"""{#- treasure: markers-aware chat template (treasure.train.chat_t
     {%- set treasure_ns.out = treasure_pieces[0] -%}
     {%- for treasure_p in treasure_pieces[1:] -%}
       {%- set treasure_ns.hit = false -%}
-      {%- set treasure_q = treasure_p[1:] if treasure_p[:1] == '/' else treasure_p -%}
-      {%- if treasure_q[11:12] == '>' -%}
-        {%- set treasure_ns.hit = true -%}
-        {%- for treasure_j in range(11) -%}
-          {%- if treasure_q[treasure_j] not in treasure_ml[treasure_j] -%}
-            {%- set treasure_ns.hit = false -%}
-          {%- endif -%}
-        {%- endfor -%}
-      {%- endif -%}
-      {%- if not treasure_ns.hit and treasure_p[:1] == '|' -%}
-        {#- <|name|>, <|/name|> or <|name=value|>: states 1 '/'? 2 name start 3 name 4 value 5 closing '|' -#}
-        {%- set treasure_ns.state = 1 -%}
-        {%- for treasure_ch in treasure_p[1:] -%}
-          {%- if treasure_ns.state == 1 and treasure_ch == '/' -%}
-            {%- set treasure_ns.state = 2 -%}
-          {%- elif treasure_ns.state in (1, 2) and treasure_ch in {NAMESTART} -%}
-            {%- set treasure_ns.state = 3 -%}
-          {%- elif treasure_ns.state == 3 and (treasure_ch.isalnum() or treasure_ch == '_') -%}
-          {%- elif treasure_ns.state == 3 and treasure_ch == '=' -%}
-            {%- set treasure_ns.state = 4 -%}
-          {%- elif treasure_ns.state in (3, 4) and treasure_ch == '|' -%}
-            {%- set treasure_ns.state = 5 -%}
-          {%- elif treasure_ns.state == 4 and not (treasure_ch.isspace() or treasure_ch in '<>') -%}
-          {%- else -%}
-            {%- set treasure_ns.hit = treasure_ns.state == 5 and treasure_ch == '>' -%}
-            {%- break -%}
-          {%- endif -%}
-        {%- endfor -%}
-      {%- endif -%}
+      {#- a text format's delimiter: its tag, letter by letter (case folded), then '>' -#}
+      {%- for treasure_w in treasure_tags -%}
+        {%- if not treasure_ns.hit and treasure_p[treasure_w | length:(treasure_w | length) + 1] == '>' -%}
+          {%- set treasure_ns.hit = true -%}
+          {%- for treasure_j in range(treasure_w | length) -%}
+            {%- if treasure_p[treasure_j] not in treasure_w[treasure_j] -%}
+              {%- set treasure_ns.hit = false -%}
+            {%- endif -%}
+          {%- endfor -%}
+        {%- endif -%}
+      {%- endfor -%}
+      {%- for treasure_s in treasure_tokens -%}
+        {%- if not treasure_ns.hit and treasure_p[:1] == treasure_s[0] -%}
+          {#- a token shape ('<' s[0] ... s[2] s[3], mark s[1]): states 1 '/'? 2 name start 3 name 4 value 5 end -#}
+          {%- set treasure_ns.state = 1 -%}
+          {%- for treasure_ch in treasure_p[1:] -%}
+            {%- if treasure_ns.state == 1 and treasure_ch == '/' -%}
+              {%- set treasure_ns.state = 2 -%}
+            {%- elif treasure_ns.state in (1, 2) and treasure_ch in {NAMESTART} -%}
+              {%- set treasure_ns.state = 3 -%}
+            {%- elif treasure_ns.state == 3 and (treasure_ch.isalnum() or treasure_ch == '_') -%}
+            {%- elif treasure_ns.state == 3 and treasure_ch == treasure_s[1] -%}
+              {%- set treasure_ns.state = 4 -%}
+            {%- elif treasure_ns.state in (3, 4) and treasure_ch == treasure_s[2] -%}
+              {%- set treasure_ns.state = 5 -%}
+            {%- elif treasure_ns.state == 4 and not (treasure_ch.isspace() or treasure_ch in '<>') -%}
+            {%- else -%}
+              {%- set treasure_ns.hit = treasure_ns.state == 5 and treasure_ch == treasure_s[3] -%}
+              {%- break -%}
+            {%- endif -%}
+          {%- endfor -%}
+        {%- endif -%}
+      {%- endfor -%}
       {%- set treasure_ns.out = treasure_ns.out ~ ({ZWSP} if treasure_ns.hit else '<') ~ treasure_p -%}
     {%- endfor -%}
     {%- if loop.index0 == treasure_ns.last_user and treasure_ns.block -%}
@@ -219,22 +228,23 @@ _END = "{%- set messages = treasure_ns.msgs %}\n"
 
 def wrap_chat_template(original: str, config: MarkerConfig, taxonomy: Taxonomy) -> str:
     """The markers-aware version of `original` for a run with `config` over `taxonomy` (the full taxonomy)."""
-    from treasure.markers import COMPACT_CLOSE, COMPACT_OPEN, PAPER_CLOSE, PAPER_OPEN
-
     if is_wrapped(original):
         original = original_chat_template(original)
-    paper = config.format == "paper"
+    fmt = block_format(config.format)
+    rules = sanitize_rules()
     cfg = {
         "prompt": config.prompt_markers,
-        "format": config.format,
         "sep": config.separator,
-        "open": PAPER_OPEN if paper else COMPACT_OPEN,
-        "close": PAPER_CLOSE if paper else COMPACT_CLOSE,
+        "open": fmt.open,
+        "close": fmt.close,
+        "joiner": fmt.joiner,
+        "float": f"%.{fmt.float_decimals}f",
     }
     holes = {
         "{CFG}": _lit(cfg),
-        "{CATS}": _lit(_categories(config.marker_taxonomy(taxonomy))),
-        "{MLCHARS}": _lit(_MARKER_LIST_CHARS),
+        "{CATS}": _lit(_categories(config.marker_taxonomy(taxonomy), fmt)),
+        "{TAGS}": _lit([_fold_chars(tag) for tag in rules.tags]),
+        "{TOKENS}": _lit([[lead[1], mid, end[0], end[1]] for lead, end, mid in rules.tokens]),
         "{NAMESTART}": _lit(_NAME_START_CHARS),
         "{ZWSP}": _lit("<" + ZWSP),
     }

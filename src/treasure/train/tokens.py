@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING
 
-from treasure.markers import COMPACT_CLOSE, COMPACT_OPEN
+from treasure.markers import COMPACT
 from treasure.taxonomy import Taxonomy
 
 if TYPE_CHECKING:
@@ -28,15 +28,15 @@ if TYPE_CHECKING:
 
 def token_texts(taxonomy: Taxonomy) -> dict[str, str]:
     """For every compact token of `taxonomy` (in markers.compact_tokens order), the text its embedding starts from."""
-    texts = {COMPACT_OPEN: "start of the markers: data characteristics", COMPACT_CLOSE: "end of the markers"}
+    texts = {COMPACT.open: "start of the markers: data characteristics", COMPACT.close: "end of the markers"}
     for cat in taxonomy:
         label = cat.name.replace("_", " ")
         if cat.numeric:
-            texts[f"<|{cat.name}|>"] = f"{label}: {cat.description}"
+            texts[COMPACT.around_value(cat)[0]] = f"{label}: {cat.description}"
         else:
             for value in cat.values:
                 about = cat.value_descriptions.get(value) or cat.description
-                texts[f"<|{cat.name}={value}|>"] = f"{label} {value}: {about}"
+                texts[COMPACT.segment(cat, value)] = f"{label} {value}: {about}"
     return texts
 
 
