@@ -80,6 +80,26 @@ def test_the_wait_gathers_jobs_that_arrive_apart():
     batcher.close()
 
 
+def test_a_burst_makes_one_batch_and_the_wait_has_a_cap():
+    fake = FakeGenerator()
+    batcher = Batcher(fake, max_batch_size=64, wait_ms=200)  # cap: 5 x 200 ms after the first
+    burst = []
+    for i in range(4):  # 50 ms apart: each joins before the 200 ms gap ends
+        burst.append(batcher.submit(_msg(f"b{i}"), **GREEDY))
+        time.sleep(0.05)
+    assert [f.result(10) for f in burst] == [f"inferred:b{i}:None" for i in range(4)]
+    assert batcher.batch_sizes == {4: 1}
+    stream = []
+    t = time.monotonic()
+    while time.monotonic() - t < 1.6:  # a job every 50 ms for 1.6 s: the cap starts a batch before the end
+        stream.append(batcher.submit(_msg("s"), **GREEDY))
+        time.sleep(0.05)
+    for f in stream:
+        f.result(10)
+    assert sum(batcher.batch_sizes.values()) >= 3
+    batcher.close()
+
+
 def test_max_batch_size_caps_a_batch_and_one_means_one_at_a_time_in_order():
     fake = FakeGenerator()
     batcher = Batcher(fake, max_batch_size=3, wait_ms=0)

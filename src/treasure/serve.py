@@ -19,8 +19,8 @@ markers, too many messages, too long content, ``max_tokens`` over the limit), 40
 the server has one), 404 for an unknown model or route, 413 for an oversized body.
 
 Generation is CPU/GPU-bound and not async: a request is checked in Starlette's threadpool, then handed to the
-batcher (treasure.generate.batcher), whose one worker thread runs requests that arrive together (within
-``--batch-wait-ms``, or while a batch runs) and share their settings as one batch of up to ``--max-batch-size``;
+batcher (treasure.generate.batcher), whose one worker thread runs requests that arrive together (no more than
+``--batch-wait-ms`` apart, or while a batch runs) and share their settings as one batch of up to ``--max-batch-size``;
 a stream runs alone in its own thread. The Generator's lock lets one batch or stream run at a time, and the event
 loop stays free to accept, reject and stream.
 """

@@ -69,7 +69,7 @@ def register(sub) -> None:
     s.add_argument("--max-batch-size", type=int, default=16, metavar="N",
                    help="requests that arrive together run as one batch of up to N (default 16; 1: one at a time)")  # fmt: skip
     s.add_argument("--batch-wait-ms", type=float, default=10.0, metavar="MS",
-                   help="how long a request waits for others to share its batch (default 10)")  # fmt: skip
+                   help="a batch starts when no request joined it for MS (default 10), at most 5 x MS after its first")  # fmt: skip
     s.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     s.set_defaults(func=run_serve)
 

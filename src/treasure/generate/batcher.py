@@ -5,10 +5,11 @@
     gen = future.result()  # a Generation, or the batch's exception raised again
     batcher.close()
 
-One worker thread feeds the model. It takes the oldest waiting job, waits until `wait_ms` after that job arrived
-for others to join it (jobs that arrived while the previous batch ran are already waiting, so under load there is
-no wait at all), and runs every waiting job that can share its batch, up to `max_batch_size`, as one batch. Jobs
-that cannot share it wait for a later batch, oldest first. With `max_batch_size=1` every job runs alone, in arrival
+One worker thread feeds the model. It takes the oldest waiting job and waits for others to join it: until no job
+has arrived for `wait_ms`, or the batch is full, and at most 5 x `wait_ms` after the oldest job arrived (jobs that
+arrived while the previous batch ran are already waiting, so under load there is no wait at all). Then it runs
+every waiting job that can share the oldest one's batch, up to `max_batch_size`, as one batch. Jobs that cannot
+share it wait for a later batch, oldest first. With `max_batch_size=1` every job runs alone, in arrival
 order: the one-at-a-time server of before.
 
 Which jobs share a batch: the same mode, max_new_tokens and decoding settings. Greedy jobs batch whatever their
@@ -65,6 +66,8 @@ def batch_key(mode: str, max_new_tokens: int, temperature: float, top_p: float, 
 
 class Batcher:
     """Groups submitted generations into batches for one Generator, on one worker thread (started on first use)."""
+
+    MAX_WAITS = 5  # a batch waits at most this many `wait_ms` after its first job arrived
 
     def __init__(self, generator: Generator, *, max_batch_size: int = 16, wait_ms: float = 10.0):
         if max_batch_size < 1:
@@ -128,10 +131,13 @@ class Batcher:
                     break
                 waiting.append(item)
             head = waiting[0]
-            deadline = head.arrived + self.wait_s
+            # A burst of requests reaches the queue spread out (each is parsed and checked first): wait while they
+            # keep coming, up to a cap, so that one burst makes one batch, not a small one and then the rest.
+            cap = head.arrived + self.MAX_WAITS * self.wait_s
+            last = max(job.arrived for job in waiting)
             mates = sum(job.key == head.key for job in waiting)
             while mates < self.max_batch_size:
-                left = deadline - time.monotonic()
+                left = min(last + self.wait_s, cap) - time.monotonic()
                 try:
                     item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
                 except queue.Empty:
@@ -140,6 +146,7 @@ class Batcher:
                     stopping = True
                     break
                 waiting.append(item)
+                last = item.arrived
                 mates += item.key == head.key
             batch, rest = [], []
             for job in waiting:
