@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,8 +30,9 @@ FAKE_BLOCKS = (
 )
 
 
-def make_bundle(out_dir: Path, fmt: str = "paper", mode: str = "markers") -> Path:
-    """An untrained tiny-llama bundle: the training run's model, tokenizer and template, saved before any step."""
+def make_bundle(out_dir: Path, fmt: str = "paper", mode: str = "markers", **fields: Any) -> Path:
+    """An untrained tiny-llama bundle: the training run's model, tokenizer and template, saved before any step
+    (`fields` override config keys, e.g. model_name_or_path for another base)."""
     from treasure.stats import marker_stats
     from treasure.train.bundle import write_bundle_files
     from treasure.train.config import load_config
@@ -38,7 +40,9 @@ def make_bundle(out_dir: Path, fmt: str = "paper", mode: str = "markers") -> Pat
 
     out_dir.mkdir(parents=True, exist_ok=True)
     run_dir = out_dir / "run"
-    run = load_config(tiny_config(out_dir, markers={"format": fmt, "mode": mode}, output_dir=str(run_dir)))
+    run = load_config(
+        tiny_config(out_dir, markers={"format": fmt, "mode": mode}, output_dir=str(run_dir), **fields)
+    )
     prep = prepare(run, build_datasets=False)
     prep.model.save_pretrained(run_dir)
     prep.tokenizer.save_pretrained(run_dir)

@@ -280,3 +280,92 @@ def test_the_treasure_serve_command(served, tmp_path):
         proc.terminate()
         proc.wait(timeout=20)
         log.close()
+
+
+# ------------------------------------------------------------------------------------------------- batching
+
+
+@pytest.fixture(scope="module")
+def batched(served):
+    """A second server, on its own Generator of the same bundle, that batches with a generous wait (the CPU is
+    shared, so requests fired together may take a while to arrive)."""
+    gen = Generator(load_bundle(served[1]))
+    app = create_app(gen, model_name=NAME, limits=LIMITS, max_batch_size=8, batch_wait_ms=500)
+    with Server(app) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0, timeout=120)
+        yield client, app, gen
+
+
+ASKS = [
+    ("Reverse 'apple'.", None),
+    ("hi", {"domain": "Code"}),
+    ("Write a short poem about the sea and the sky, with rhymes.", None),
+    ("What is 2 + 2?", {"length_bucket": "concise"}),
+    ("Fix this line: prnt(1 + 2)", {"domain": "Code", "task": "CodeFix"}),
+    ("Say something.", None),
+]
+
+
+def test_concurrent_greedy_requests_are_batched_and_answer_as_one_at_a_time(batched):
+    client, app, gen = batched
+    alone = [
+        gen.generate([{"role": "user", "content": text}], markers, max_new_tokens=24)
+        for text, markers in ASKS
+    ]
+    before = sum(app.state.batcher.batch_sizes.values())
+
+    def ask(i: int):
+        if i == len(ASKS):  # an invalid request among them: its 400 comes before it is queued
+            with pytest.raises(openai.BadRequestError):
+                _chat(client, max_tokens=24, extra_body={"markers": {"domain": "Cooking"}})
+            return None
+        text, markers = ASKS[i]
+        extra = {"markers": markers} if markers else {}
+        return _chat(client, messages=[{"role": "user", "content": text}], max_tokens=24, extra_body=extra)
+
+    with ThreadPoolExecutor(len(ASKS) + 1) as pool:
+        resps = list(pool.map(ask, range(len(ASKS) + 1)))[:-1]
+    for resp, want in zip(resps, alone, strict=True):
+        assert resp.choices[0].message.content == want.text
+        assert (resp.markers, resp.fixed, resp.marker_mode) == (want.markers, want.fixed, want.mode)
+        assert resp.usage.completion_tokens == want.completion_tokens
+        assert resp.choices[0].finish_reason == want.finish_reason
+    sizes = app.state.batcher.batch_sizes
+    # two settings (fixed, inferred): at least two batches, and fewer batches than requests
+    assert 2 <= sum(sizes.values()) - before < len(ASKS) and max(sizes) > 1
+
+
+def test_an_error_in_a_batch_fails_its_requests_and_the_server_goes_on(batched, monkeypatch):
+    client, app, gen = batched
+    real = gen.generate_batch
+    sizes: list[int] = []
+
+    def flaky(conversations, *args, **kw):
+        sizes.append(len(conversations))
+        if len(sizes) == 1:
+            raise RuntimeError("the model fell over")
+        return real(conversations, *args, **kw)
+
+    monkeypatch.setattr(gen, "generate_batch", flaky)
+
+    def ask(i: int) -> int:
+        try:
+            _chat(client, messages=[{"role": "user", "content": f"question {i}"}], max_tokens=4)
+            return 200
+        except openai.APIStatusError as e:
+            assert e.status_code != 500 or e.response.json()["error"]["type"] == "server_error"
+            return e.status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(ask, range(4)))
+    assert sizes[0] >= 2 and sorted(statuses) == [200] * (4 - sizes[0]) + [500] * sizes[0]
+    assert _chat(client, max_tokens=4).choices[0].finish_reason in ("stop", "length")
+
+
+def test_serve_rejects_bad_batch_options(served, capsys):
+    from treasure.cli import main
+
+    assert main(["serve", "--model", str(served[1]), "--max-batch-size", "0"]) == 2
+    assert main(["serve", "--model", str(served[1]), "--batch-wait-ms", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-batch-size must be at least 1" in err and "--batch-wait-ms must be 0 or more" in err

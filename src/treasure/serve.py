@@ -20,24 +20,31 @@ Errors are OpenAI-shaped, ``{"error": {"message", "type", "param", "code"}}``: 4
 markers, too many messages, too long content, ``max_tokens`` over the limit), 401 for a missing or wrong key (when
 the server has one), 404 for an unknown model or route, 413 for an oversized body.
 
-Generation is CPU/GPU-bound and not async: every request runs in Starlette's threadpool, and the Generator's lock
-lets one generation run at a time, so the event loop stays free to accept, reject and stream.
+Generation is CPU/GPU-bound and not async: a request is checked in Starlette's threadpool, then handed to the
+batcher (treasure.generate.batcher), whose one worker thread runs requests that arrive together (no more than
+``--batch-wait-ms`` apart, or while a batch runs) and share their settings as one batch of up to ``--max-batch-size``;
+a stream runs alone in its own thread. The Generator's lock lets one batch or stream run at a time, and the event
+loop stays free to accept, reject and stream.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request  # module level: the routes' annotations are resolved in this namespace
 
 from treasure.errors import RecordError, TaxonomyError, TreasureError
+from treasure.generate.batcher import Batcher, BatcherClosed
 from treasure.generate.engine import MODES, Generation
 from treasure.messages import OPENAI_REQUEST, normalize_messages
 
@@ -188,9 +195,16 @@ def _sse(data: dict[str, Any]) -> str:
 
 
 def create_app(
-    generator: Generator, *, model_name: str, api_key: str | None = None, limits: Limits | None = None
+    generator: Generator,
+    *,
+    model_name: str,
+    api_key: str | None = None,
+    limits: Limits | None = None,
+    max_batch_size: int = 16,
+    batch_wait_ms: float = 10.0,
 ) -> FastAPI:
-    """The FastAPI app serving `generator` as `model_name`; with `api_key` every /v1 route needs its Bearer key."""
+    """The FastAPI app serving `generator` as `model_name`; with `api_key` every /v1 route needs its Bearer key.
+    Requests that arrive within `batch_wait_ms` of each other run as one batch of up to `max_batch_size`."""
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.concurrency import run_in_threadpool
@@ -199,8 +213,16 @@ def create_app(
     limits = limits or Limits()
     created = int(time.time())
     max_positions = getattr(generator.model.config, "max_position_embeddings", None) or 10**9
-    app = FastAPI(title="treasure", docs_url=None, redoc_url=None, openapi_url=None)
+    batcher = Batcher(generator, max_batch_size=max_batch_size, wait_ms=batch_wait_ms)
+
+    @asynccontextmanager
+    async def _lifespan(app: FastAPI):
+        yield
+        batcher.close()
+
+    app = FastAPI(title="treasure", docs_url=None, redoc_url=None, openapi_url=None, lifespan=_lifespan)
     app.state.generator = generator
+    app.state.batcher = batcher
 
     def _error(err: APIError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
@@ -218,6 +240,10 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
         return _error(APIError(400, str(err.errors()[:1])))
+
+    @app.exception_handler(BatcherClosed)
+    async def _closing(request: Request, err: BatcherClosed) -> JSONResponse:
+        return _error(APIError(503, str(err), type="server_error"))
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, err: Exception) -> JSONResponse:
@@ -275,9 +301,9 @@ def create_app(
             "seed": req.seed,
         }
 
-    def _complete(req: ChatRequest) -> Generation:
+    def _complete(req: ChatRequest) -> Future[Generation]:
         _check(req)
-        return generator.generate(req.messages, req.markers, **_gen_kwargs(req))
+        return batcher.submit(req.messages, req.markers, **_gen_kwargs(req))
 
     def _events(req: ChatRequest, cid: str) -> Iterator[str]:
         head = {
@@ -331,7 +357,7 @@ def create_app(
             await run_in_threadpool(_check, req)
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             return StreamingResponse(_events(req, cid), media_type="text/event-stream", headers=headers)
-        gen = await run_in_threadpool(_complete, req)
+        gen = await asyncio.wrap_future(await run_in_threadpool(_complete, req))
         return {
             "id": cid,
             "object": "chat.completion",
@@ -367,6 +393,8 @@ def serve(
     model_name: str | None = None,
     limits: Limits | None = None,
     log_level: str = "info",
+    max_batch_size: int = 16,
+    batch_wait_ms: float = 10.0,
 ) -> None:
     """Load the bundle (or plain model: no markers) at `model` and serve it until interrupted."""
     import uvicorn
@@ -381,6 +409,7 @@ def serve(
     )
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning("serving on %s without an API key: anyone who can reach the port can use the model", host)
-    app = create_app(generator, model_name=name, api_key=api_key, limits=limits)
+    app = create_app(generator, model_name=name, api_key=api_key, limits=limits, max_batch_size=max_batch_size,
+                     batch_wait_ms=batch_wait_ms)  # fmt: skip
     print(f"serving {generator.bundle.path} as {name!r} on http://{host}:{port}/v1", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=30)

@@ -66,6 +66,10 @@ def register(sub) -> None:
     s.add_argument(
         "--max-tokens-limit", type=int, default=1024, help="the largest max_tokens a request may ask"
     )
+    s.add_argument("--max-batch-size", type=int, default=16, metavar="N",
+                   help="requests that arrive together run as one batch of up to N (default 16; 1: one at a time)")  # fmt: skip
+    s.add_argument("--batch-wait-ms", type=float, default=10.0, metavar="MS",
+                   help="a batch starts when no request joined it for MS (default 10), at most 5 x MS after its first")  # fmt: skip
     s.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     s.set_defaults(func=run_serve)
 
@@ -224,7 +228,12 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if args.max_tokens_limit < 1:
         raise TreasureError(f"--max-tokens-limit must be at least 1, got {args.max_tokens_limit}")
+    if args.max_batch_size < 1:
+        raise TreasureError(f"--max-batch-size must be at least 1, got {args.max_batch_size}")
+    if args.batch_wait_ms < 0:
+        raise TreasureError(f"--batch-wait-ms must be 0 or more, got {args.batch_wait_ms}")
     limits = Limits(max_tokens=args.max_tokens_limit, default_max_tokens=min(256, args.max_tokens_limit))
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key or None, model_name=args.model_name,
-          limits=limits, log_level=args.log_level)  # fmt: skip
+          limits=limits, log_level=args.log_level, max_batch_size=args.max_batch_size,
+          batch_wait_ms=args.batch_wait_ms)  # fmt: skip
     return 0
