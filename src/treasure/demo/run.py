@@ -50,10 +50,10 @@ class DemoConfig:
     n_length_prompts: int = 12  # held-out prompts, each asked at every limit
     n_infer: int = 48  # held-out prompts whose block the marker arm writes
     n_quality_pairs: int = 16  # held-out prompts with a top- and a bottom-ranked reply
-    n_format_prompts: int = 4  # held-out prompts, each asked for every format of FORMAT_REQUESTS
-    format_tokens: int = 96  # enough for a list, a table or a JSON object to be recognisable
-    n_code_repair: int = 8  # HumanEvalFix problems (a seeded sample of the shorter half; 164 with a GPU)
-    code_tokens: int = 192
+    n_format_prompts: int = 3  # held-out prompts, each asked for every format of FORMAT_REQUESTS
+    format_tokens: int = 80  # enough for a list, a table or a JSON object to be recognisable
+    n_code_repair: int = 6  # HumanEvalFix problems (a seeded sample of the shorter half; 82 at most)
+    code_tokens: int = 160  # a short function rewritten whole
     eval_seed: int = 0
     device: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)  # more `treasure train` keys for both arms
