@@ -155,3 +155,14 @@ def build_dataset(
         raise RecordError(message, source=source, line=line, field="messages")
     counts = {"examples": len(ds), "text_split": sum(1 for s in ds["split"] if s == "text")}
     return ds.remove_columns(["split", "error"]), counts
+
+
+def truncate_dataset(ds: Dataset, max_length: int, mode: str = "keep_start") -> Dataset:
+    """Cut every example to `max_length` tokens and drop those left without a trained token, as TRL's own
+    preparation does (TRL skips both steps for `padding_free` without packing, so treasure does them first)."""
+    sl = slice(None, max_length) if mode == "keep_start" else slice(-max_length, None)
+
+    def cut(ex: dict[str, list]) -> dict[str, list]:
+        return {"input_ids": ex["input_ids"][sl], "completion_mask": ex["completion_mask"][sl]}
+
+    return ds.map(cut, desc="Truncating").filter(lambda ex: any(ex["completion_mask"]), desc="Dropping empty")

@@ -9,6 +9,10 @@ No Trainer subclass: the marker recipe lives in the dataset (render.py, data.py)
   every epoch are fixed by the seed, identical in the baseline arm, and resuming skips exactly the batches done.
   ``num_train_epochs`` (or ``max_steps``) keeps its meaning; "epoch" save/eval/logging strategies become "steps"
   with one epoch's worth of steps. The ``epoch`` TRL logs is the fraction of that single pass.
+- ``padding_free: true`` without packing: TRL flattens each batch into one row and leaves ``max_length`` unenforced
+  (it refuses a ``max_length``), so treasure truncates the examples itself, exactly as TRL would (keep_start, then
+  drop examples left without a trained token), and hands TRL ``max_length: None``. Examples stay apart through the
+  ``position_ids`` TRL writes (tests/test_train_packing.py; docs/training.md).
 - With LoRA and the compact format, the new token rows are trained through PEFT's ``trainable_token_indices``
   (embeddings, and the LM head when it is not tied to them), and the bundle saves the adapter and those rows only.
 """
@@ -25,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from treasure.errors import RecordError
 from treasure.records import read_records
 from treasure.train.config import RunConfig
-from treasure.train.data import DataSpec, build_dataset
+from treasure.train.data import DataSpec, build_dataset, truncate_dataset
 from treasure.train.render import epoch_plan
 
 if TYPE_CHECKING:
@@ -70,6 +74,8 @@ def trl_args(args: TreasureSFTConfig, n_records: int, copies: int) -> TreasureSF
     out.train_sampling_strategy = "sequential"
     # Applied by model.resolve_chat_template; TRL would overwrite the wrapped template with it.
     out.chat_template_path = None
+    if padding_free_truncates(args):
+        out.max_length = None  # the datasets are cut to args.max_length already (build_trainer)
     if not (args.max_steps and args.max_steps > 0):
         out.num_train_epochs = args.num_train_epochs / copies
     per_pass = args.per_device_train_batch_size * args.world_size
@@ -83,6 +89,11 @@ def trl_args(args: TreasureSFTConfig, n_records: int, copies: int) -> TreasureSF
             setattr(out, strategy, type(getattr(out, strategy))("steps"))
             setattr(out, steps, steps_per_epoch)
     return out
+
+
+def padding_free_truncates(args: TreasureSFTConfig) -> bool:
+    """Whether treasure cuts the examples to max_length itself: padding-free without packing (module docstring)."""
+    return bool(args.padding_free and not args.packing and args.max_length is not None)
 
 
 @dataclass
@@ -209,11 +220,16 @@ def build_trainer(
     from trl import SFTTrainer
 
     args = trl_args(run.args, len(prep.records), prep.copies)
+    train_ds, eval_ds = prep.train_dataset, prep.eval_dataset
+    if padding_free_truncates(run.args):
+        cut = run.args.max_length, run.args.truncation_mode
+        train_ds = truncate_dataset(train_ds, *cut)
+        eval_ds = truncate_dataset(eval_ds, *cut) if eval_ds is not None else None
     trainer = SFTTrainer(
         model=prep.model,
         args=args,
-        train_dataset=prep.train_dataset,
-        eval_dataset=prep.eval_dataset,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
         processing_class=prep.tokenizer,
         peft_config=_peft_config(run, prep.model, prep.marker_token_ids),
         callbacks=callbacks,
