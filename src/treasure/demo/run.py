@@ -24,6 +24,13 @@ from treasure.demo import score
 from treasure.demo.data import prepare_data
 
 INFER_CATEGORIES = ("task", "domain", "format", "length_bucket")
+# The three conditions every generation row compares: condition -> (arm, generation mode). "fixed" is the marker
+# arm given the row's markers.
+CONDITIONS = {
+    "baseline": ("baseline", "inferred"),
+    "inferred": ("markers", "inferred"),
+    "fixed": ("markers", "fixed"),
+}
 TAIL_CATEGORIES = ("task", "domain")
 # The request in words for each format the report controls (the `format` marker asks for the same thing).
 FORMAT_REQUESTS = {
@@ -141,7 +148,8 @@ def evaluate_arms(
 
     # The length lever: each held-out prompt at every limit.
     tpw = score.tokens_per_word(train)
-    prompts = score.sample(score.first_per_tree(score.single_turn(test)), cfg.n_length_prompts, cfg.eval_seed)
+    single = score.first_per_tree(score.single_turn(test))  # held-out single-turn prompts, one per tree
+    prompts = score.sample(single, cfg.n_length_prompts, cfg.eval_seed)
     convs, limits = [], []
     for lim in cfg.limits:
         for r in prompts:
@@ -151,18 +159,13 @@ def evaluate_arms(
     # Each limit's budget lets an answer run just past its limit (a violation is then seen), no further: the
     # produced/asked ratio is capped near 1.25.
     budgets = {lim: int((lim + 1) * tpw * 1.25) + 4 for lim in cfg.limits}
-    conditions = {
-        "baseline": (gens["baseline"], "inferred", False),
-        "inferred": (gens["markers"], "inferred", False),
-        "fixed": (gens["markers"], "fixed", True),
-    }
     length: dict[str, Any] = {"tokens_per_word": round(tpw, 3), "max_new_tokens": budgets, "conditions": {}}
-    for name, (gen, mode, fix) in conditions.items():
+    for name, (arm, mode) in CONDITIONS.items():
         counts, texts = [], []
         for lim in cfg.limits:
             rows = [c for c, m in zip(convs, limits, strict=True) if m == lim]
-            fixed = [{"length_tokens": round(lim * tpw)}] * len(rows) if fix else None
-            outs = gen.generate_batch(
+            fixed = [{"length_tokens": round(lim * tpw)}] * len(rows) if mode == "fixed" else None
+            outs = gens[arm].generate_batch(
                 rows, fixed, mode=mode, max_new_tokens=budgets[lim], batch_size=len(rows)
             )
             counts += [score.words(o.text) for o in outs]
@@ -204,15 +207,10 @@ def evaluate_arms(
     }
 
     # Format control: a fixed `format` marker on the bare prompt vs the same request written in words.
-    fprompts = score.sample(
-        score.first_per_tree(score.single_turn(test)), cfg.n_format_prompts, cfg.eval_seed + 3
-    )
+    fprompts = score.sample(single, cfg.n_format_prompts, cfg.eval_seed + 3)
     fmt_out: dict[str, Any] = {"n": len(fprompts) * len(FORMAT_REQUESTS), "conditions": {}}
-    for name, gen, in_words in (
-        ("baseline", gens["baseline"], True),
-        ("inferred", gens["markers"], True),
-        ("fixed", gens["markers"], False),
-    ):
+    for name, (arm, mode) in CONDITIONS.items():
+        in_words = mode != "fixed"
         rows, targets = [], []
         for target, request in FORMAT_REQUESTS.items():
             for r in fprompts:
@@ -220,12 +218,8 @@ def evaluate_arms(
                 rows.append([{"role": "user", "content": text}])
                 targets.append(target)
         fixed = None if in_words else [{"format": t} for t in targets]
-        outs_f = gen.generate_batch(
-            rows,
-            fixed,
-            mode="inferred" if in_words else "fixed",
-            max_new_tokens=cfg.format_tokens,
-            batch_size=16,
+        outs_f = gens[arm].generate_batch(
+            rows, fixed, mode=mode, max_new_tokens=cfg.format_tokens, batch_size=16
         )
         ok = [format_ok(o.text, t) for o, t in zip(outs_f, targets, strict=True)]
         fmt_out["conditions"][name] = {
@@ -271,17 +265,10 @@ def code_repair(cfg: DemoConfig, gens: dict[str, Any]) -> dict[str, Any]:
     chosen = score.sample(problems[: len(problems) // 2], cfg.n_code_repair, cfg.eval_seed + 4)
     convs = [[{"role": "user", "content": build_fix_prompt(p)}] for p in chosen]
     res: dict[str, Any] = {"n": len(chosen), "problems": [p.task_id for p in chosen], "conditions": {}}
-    for name, gen, fixed in (
-        ("baseline", gens["baseline"], None),
-        ("inferred", gens["markers"], None),
-        ("fixed", gens["markers"], [CODE_REPAIR_MARKERS] * len(chosen)),
-    ):
-        outs = gen.generate_batch(
-            convs,
-            fixed,
-            mode="fixed" if fixed else "inferred",
-            max_new_tokens=cfg.code_tokens,
-            batch_size=len(convs),
+    for name, (arm, mode) in CONDITIONS.items():
+        fixed = [CODE_REPAIR_MARKERS] * len(chosen) if mode == "fixed" else None
+        outs = gens[arm].generate_batch(
+            convs, fixed, mode=mode, max_new_tokens=cfg.code_tokens, batch_size=len(convs)
         )
         scored = pass_at_1(chosen, [o.text for o in outs])
         res["conditions"][name] = {"pass_at_1": scored.pass_at_1, "passed": scored.passed}
