@@ -404,9 +404,6 @@ def _trl_trainer(spec: dict, config: dict):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from treasure.model_source import resolve_model
-    from treasure.train.tiny import is_tiny, tiny_llama, tiny_tokenizer
-
     rows = _plain_records(spec)
     ds = Dataset.from_list([{"prompt": m[:-1], "completion": m[-1:]} for m in rows])
     keys = ("max_steps", "per_device_train_batch_size", "learning_rate", "lr_scheduler_type", "warmup_steps",
@@ -418,17 +415,24 @@ def _trl_trainer(spec: dict, config: dict):
         gradient_checkpointing=False,  # TRL's default is on; treasure's config turns it off
         **{k: config[k] for k in keys},
     )
-    if is_tiny(spec["model"]):
-        tok = tiny_tokenizer()
-        model = tiny_llama(tok)
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        path = resolve_model(spec["model"])
-        tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+    tok, model = _base(spec["model"])
     return SFTTrainer(
         model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=_lora_config()
     )
+
+
+def _base(source: str):
+    """The base tokenizer and model every plain arm starts from (tiny-llama, or any model source)."""
+    from treasure.model_source import resolve_model
+    from treasure.train.tiny import is_tiny, tiny_llama, tiny_tokenizer
+
+    if is_tiny(source):
+        tok = tiny_tokenizer()
+        return tok, tiny_llama(tok)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(source)
+    return AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
 
 
 def _peft_loop(spec: dict, config: dict) -> tuple[list[tuple[float, float]], list[dict]]:
@@ -438,17 +442,7 @@ def _peft_loop(spec: dict, config: dict) -> tuple[list[tuple[float, float]], lis
     import torch
     from peft import get_peft_model
 
-    from treasure.model_source import resolve_model
-    from treasure.train.tiny import is_tiny, tiny_llama, tiny_tokenizer
-
-    if is_tiny(spec["model"]):
-        tok = tiny_tokenizer()
-        model = tiny_llama(tok)
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        path = resolve_model(spec["model"])
-        tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+    tok, model = _base(spec["model"])
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     model = get_peft_model(model, _lora_config()).to(device)
