@@ -26,6 +26,9 @@ MAX_CHARS = 2000
 N = {"arena_hard": 60, "ifeval": 50, "mt_bench": 80, "oasst": 60, "humanevalpack": 20}
 # Okapi is left out: its instruction data is CC-BY-NC-4.0 upstream, which an Apache-2.0 package cannot ship.
 LC_PER_FILE = {"native": 3, "aya": 2, "dolly": 2, "okapi": 0}
+# A second draw (its own seed, from the rows the first left), labelled later: the first selection is unchanged.
+N_EXTRA = {"arena_hard": 60, "ifeval": 40, "oasst": 60}
+LC_EXTRA_PER_FILE = {"native": 3, "aya": 3, "dolly": 3, "okapi": 0}
 LC_LANG = {"ar": "Arabic", "de": "German", "en": "English", "es": "Spanish", "fr": "French", "hi": "Hindi",
            "id": "Indonesian", "it": "Italian", "ja": "Japanese", "ko": "Korean", "pt": "Portuguese",
            "ru": "Russian", "tr": "Turkish", "vi": "Vietnamese", "zh": "Chinese"}  # fmt: skip
@@ -35,19 +38,27 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _pick(rows: list, n: int, name: str) -> list:
-    rng = random.Random(f"{SEED}:{name}")
-    return rng.sample(rows, min(n, len(rows)))
+def _pick(rows: list, n: int, name: str, extra: int = 0) -> list:
+    """n rows drawn by the seed of `name`, then `extra` more drawn by a second seed from the rows left."""
+    first = random.Random(f"{SEED}:{name}").sample(range(len(rows)), min(n, len(rows)))
+    rest = sorted(set(range(len(rows))) - set(first))
+    second = random.Random(f"{SEED}:{name}:2").sample(rest, min(extra, len(rest)))
+    return [rows[i] for i in first + second]
 
 
 def select(data: Path) -> list[dict]:
     """The selected prompts, without labels: {source, id, prompt, [context], [response], [language]}."""
     out: list[dict] = []
     for r in _pick(
-        _jsonl(data / "prompts" / "arena_hard_v0.1_question.jsonl"), N["arena_hard"], "arena_hard"
+        _jsonl(data / "prompts" / "arena_hard_v0.1_question.jsonl"),
+        N["arena_hard"],
+        "arena_hard",
+        N_EXTRA["arena_hard"],
     ):
         out.append({"source": "arena_hard", "id": r["uid"], "prompt": r["prompt"]})
-    for r in _pick(_jsonl(data / "prompts" / "ifeval_input_data.jsonl"), N["ifeval"], "ifeval"):
+    for r in _pick(
+        _jsonl(data / "prompts" / "ifeval_input_data.jsonl"), N["ifeval"], "ifeval", N_EXTRA["ifeval"]
+    ):
         out.append({"source": "ifeval", "id": str(r["key"]), "prompt": r["prompt"]})
     for r in _pick(_jsonl(data / "prompts" / "mt_bench_question.jsonl"), N["mt_bench"], "mt_bench"):
         out.append({"source": "mt_bench", "id": str(r["question_id"]), "prompt": r["turns"][0]})
@@ -57,7 +68,7 @@ def select(data: Path) -> list[dict]:
         if m["role"] == "assistant" and m.get("rank") == 0:
             best[m["parent_id"]] = m["text"]
     roots = [m for m in msgs if m["role"] == "prompter" and m["parent_id"] is None]
-    for m in _pick(roots, N["oasst"], "oasst"):
+    for m in _pick(roots, N["oasst"], "oasst", N_EXTRA["oasst"]):
         row = {"source": "oasst", "id": m["message_id"], "prompt": m["text"]}
         if m["message_id"] in best:
             row["response"] = best[m["message_id"]]
@@ -90,7 +101,12 @@ def select(data: Path) -> list[dict]:
         with path.open(encoding="utf-8", newline="") as fh:
             rows = list(enumerate(csv.DictReader(fh)))
         name = f"{path.parent.name}/{path.stem}"
-        for i, r in _pick(rows, LC_PER_FILE[path.parent.name], f"language_confusion:{name}"):
+        for i, r in _pick(
+            rows,
+            LC_PER_FILE[path.parent.name],
+            f"language_confusion:{name}",
+            LC_EXTRA_PER_FILE[path.parent.name],
+        ):
             out.append(
                 {
                     "source": "language_confusion",
