@@ -96,9 +96,17 @@ def test_sample_output_is_byte_identical(tmp_path):
 
 
 def test_resumed_run_is_byte_identical(tmp_path):
-    """Killed (-9) after its first chunks are on disk, the same command continues to the same bytes."""
+    """Killed (-9) after its first chunks are on disk, the same command continues to the bytes an uninterrupted
+    run of it writes. The reference is that run, not the golden copy (made with the default chunk size): the
+    encoder pads each batch to its longest text, so a chunk of 8 embeds a text in other float kernels than a chunk
+    of 126, and a label at a near-tie may differ (sample-0010's task: Classification 0.2155 vs Explanation 0.2147
+    once the labelled set grew to 544 prompts)."""
     out = tmp_path / "out.jsonl"
-    cmd = [sys.executable, "-m", "treasure.cli", "annotate", str(SAMPLE), "-o", str(out), "--chunk-size", "8"]
+    args = ["-m", "treasure.cli", "annotate", str(SAMPLE), "--chunk-size", "8", "-o"]
+    ref = tmp_path / "ref.jsonl"
+    done = subprocess.run([sys.executable, *args, str(ref)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    cmd = [sys.executable, *args, str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     state = tmp_path / "out.jsonl.progress.json"
 
@@ -113,7 +121,7 @@ def test_resumed_run_is_byte_identical(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert f"resumed after {consumed}" in again.stdout
-    assert out.read_bytes() == OUTPUT.read_bytes()
+    assert out.read_bytes() == ref.read_bytes()
 
 
 def test_explain_is_unchanged():

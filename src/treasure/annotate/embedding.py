@@ -84,8 +84,12 @@ DESCRIPTION_WEIGHT = 2.0  # a value's one-line description counts as this many e
 # A user's own seeds (extra_seeds_path) count this many times: they are few and say what the user wants. Eight
 # Gardening seeds among ~600 packaged domain examples lost "My hydrangea leaves are turning brown" to Sciences at
 # weight 1 and 4, won it narrowly at 8 (0.235 vs 0.235) and clearly at 16 (0.29 vs 0.21); packaged values kept
-# their answers at 16 (tests/test_annotate_embedding.py).
-USER_SEED_WEIGHT = 16.0
+# their answers at 16 (tests/test_annotate_embedding.py). With the labelled set at 544 prompts (~720 domain
+# examples) 16, 24 and 32 lost it to Sciences (0.37, 0.35, 0.33) and 64 won it (Gardening 0.32), sending 3 of the
+# 544 labelled prompts to Gardening (a durian-farming research introduction, a tree's monologue, "How many days is
+# it until Christmas?"). The class balance divides a value's weight by its weighted count ** 0.25, so a weight w
+# counts as w ** 0.75.
+USER_SEED_WEIGHT = 64.0
 L2_PENALTY = 1e-3
 CLASS_BALANCE = 0.25  # example weight 1 / count(value) ** CLASS_BALANCE: rare values are not drowned
 FIT_STEPS, FIT_RATE, FIT_MOMENTUM = 200, 0.5, 0.9
