@@ -101,3 +101,24 @@ def test_request_text_puts_a_trailing_request_first() -> None:
     code = "def f(x):\n    return x + 1\n" * 20
     assert emb.request_text(code + "\nFix bugs in f.").startswith("Fix bugs in f.")
     assert emb.request_text("Write a poem about the sea.") == "Write a poem about the sea."
+
+
+def test_llm_fewshot_holds_no_prompt_of_the_held_out_source(rows: list[dict], tmp_path: Path) -> None:
+    """bench/llm_annotator_generalisation.py: the few-shot examples of a fold come from the other sources only."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(REPO / "bench"))
+    spec = importlib.util.spec_from_file_location(
+        "llm_annotator_generalisation", REPO / "bench" / "llm_annotator_generalisation.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for source in mod.order_sources(rows):
+        train = [r for r in rows if r["source"] != source]
+        path = tmp_path / f"{source}.jsonl"
+        counts = mod.write_fewshot(path, train, source, 6)
+        assert counts == {"domain": 6, "task": 6}
+        shots = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        texts = [m["content"] for s in shots for m in s["messages"] if m["content"]]
+        assert _leaks([r for r in rows if r["source"] == source], texts) == [], source
