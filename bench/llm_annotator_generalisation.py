@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                         correct(v, r, cat) for v, r in zip(vals, test, strict=True)
                     ) / len(test)
                     fold[f"llm_{cat}_invalid"] = sum(o[cat].note is not None for o in outs) / len(test)
-                    fold[f"llm_{cat}_answers"] = dict(sorted(
-                        ((v, vals.count(v)) for v in set(map(str, vals))), key=lambda kv: -kv[1]))  # fmt: skip
+                    fold[f"llm_{cat}_answers"] = dict(Counter(str(v) for v in vals).most_common())
                     fold[f"classifier_{cat}"] = sum(
                         correct(c[cat], r, cat) for c, r in zip(cls, test, strict=True)
                     ) / len(test)
