@@ -4,18 +4,19 @@ For each held-out source S of `src/treasure/annotate/seeds/labelled.jsonl` (the 
 bench/annotator_generalisation.py: right when the answer is the label or an alternative the labeller accepted), the
 LLM annotator (`treasure.annotate.llm.LLMAnnotator`, the CLI's `--llm-*` route, one request per record and category)
 asks a local `treasure serve` of a plain model (default: the real SmolLM2-135M-Instruct) for `domain` and `task`.
-Its few-shot examples come from the development set without S: per category, one labelled prompt per value (a
-prompt of at most 300 characters whose label has no accepted alternative, drawn by a fixed seed; values no such
-prompt has get none), in a seeded order. The model is shown the prompt only (no response: shorter requests on a
-CPU), each turn clipped to --max-chars. The endpoint does not constrain decoding, so `--llm-structured none`: the
-answer is parsed from the text and an invalid one is corrected and asked once more (then Unspecified).
+Its few-shot examples come from the development set without S: per category, --shots of them (default 6, the
+CLI's number), one per value for the values most frequent without S (0: every value), each a prompt of at most 300
+characters whose label has no accepted alternative, drawn by a fixed seed, in a seeded order. The model is shown
+the prompt only (no response: shorter requests on a CPU), clipped to --max-chars. The endpoint does not constrain
+decoding, so `--llm-structured none`: the answer is parsed from the text and an invalid one is corrected and asked
+once more (then Unspecified for domain, no value for task; both count as wrong unless the label is Unspecified).
 
 Beside it, on the same rows, the packaged embedding classifier trained without S (threshold 0.0, as packaged).
 records/s is the LLM fold's records over its wall time (two requests per record, --concurrency in flight, the
 server batching them); the classifier's records/s is its classify() call on the same rows (the head's training
 not counted), both on this machine at once with whatever else runs on it.
 
-    .venv/bin/python bench/llm_annotator_generalisation.py [--per-source 30] [--sources mt_bench,oasst]
+    .venv/bin/python bench/llm_annotator_generalisation.py [--per-source 50] [--sources mt_bench,oasst] [--shots 6]
         [--base-url URL --model NAME]   # another OpenAI-compatible endpoint instead of starting `treasure serve`
 
 Writes bench/results/llm_annotator_generalisation.{json,md}.
