@@ -15,6 +15,10 @@ No Trainer subclass: the marker recipe lives in the dataset (render.py, data.py)
   ``position_ids`` TRL writes (tests/test_train_packing.py; docs/training.md).
 - With LoRA and the compact format, the new token rows are trained through PEFT's ``trainable_token_indices``
   (embeddings, and the LM head when it is not tied to them), and the bundle saves the adapter and those rows only.
+- TRL's fused LM head scores only the trained positions on Triton devices and every position elsewhere (to keep
+  Neuron's tile shapes fixed); on a CPU, where no shape is compiled, `score_trained_positions_on_cpu` makes it score
+  the trained ones there too: the same loss and gradients, without the prompt's and the padding's share of the
+  49k-vocabulary projection (SmolLM2, LoRA, batch 8 x 256 with 100 prompt tokens: 8.5 vs 11.3 s a step).
 """
 
 from __future__ import annotations
@@ -214,10 +218,36 @@ def _save_adapter_only(model: Any, marker_token_ids: list[int]) -> None:
     model.save_pretrained = functools.partial(type(model).save_pretrained, model, save_embedding_layers=False)
 
 
+def score_trained_positions_on_cpu() -> bool:
+    """Make TRL's fused LM head project only the positions with a label on a CPU (see the module docstring).
+
+    TRL 1.x decides per call with ``trl.trainer.utils._use_triton(device)`` whether to score the masked positions
+    alone; the kernel itself picks its torch tiles through its own copy of that function, so only the choice of
+    positions changes. Idempotent; False (and nothing changed) where TRL no longer has that hook.
+    """
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        log.debug("trl.trainer.utils._use_triton not found: the fused LM head scores every position on CPU")
+        return False
+    if getattr(original, "_treasure_cpu_compact", False):
+        return True
+
+    def use_compact(device: Any) -> bool:
+        return device.type == "cpu" or original(device)
+
+    use_compact._treasure_cpu_compact = True  # type: ignore[attr-defined]
+    trl_utils._use_triton = use_compact
+    return True
+
+
 def build_trainer(
     run: RunConfig, prep: Prepared, callbacks: list[TrainerCallback] | None = None
 ) -> SFTTrainer:
     from trl import SFTTrainer
+
+    score_trained_positions_on_cpu()
 
     args = trl_args(run.args, len(prep.records), prep.copies)
     train_ds, eval_ds = prep.train_dataset, prep.eval_dataset
