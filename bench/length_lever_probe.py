@@ -32,13 +32,6 @@ TARGETS = (16, 48, 144)  # length_tokens of the lever-alone probe
 LIMITS = (20, 40, 80)  # words, AlpacaEval-LI wording
 
 
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def _fitting(records: list[dict], tokenizer_path: str, max_length: int) -> list[dict]:
     from transformers import AutoTokenizer
 
@@ -68,17 +61,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from treasure.arms import read_jsonl, write_jsonl
     from treasure.bundle import load_bundle
+    from treasure.commands.demo import _assignments
     from treasure.demo import score
     from treasure.demo.data import prepare_data
     from treasure.demo.run import DemoConfig, train_arm, train_config
+    from treasure.errors import TreasureError
     from treasure.generate.engine import Generator
     from treasure.model_source import resolve_model
 
-    cfg = DemoConfig(steps=args.steps)
-    for kv in args.set:
-        key, text = kv.split("=", 1)
-        setattr(cfg, key, _value(text))
-    cfg.extra = {k: _value(v) for k, v in (kv.split("=", 1) for kv in args.train)}
+    try:  # `treasure demo --set / --train`: the same parsing and checks
+        settings = _assignments(args.set, "--set", allowed=DemoConfig.__dataclass_fields__)
+        extra = _assignments(args.train, "--train")
+    except TreasureError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cfg = DemoConfig(steps=args.steps, **settings, extra=extra)
     tokenizer_path = resolve_model(cfg.model)
     train_path, _ = prepare_data(args.runs / "data", tokenizer_path)
     train = read_jsonl(train_path)
@@ -138,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         for p in prompts
     ]
     limits = [lim for lim in LIMITS for _ in prompts]
+    budget = int((max(LIMITS) + 1) * tpw * 1.25) + 4
     for m in ["inferred", "fixed"] if args.arm == "markers" else ["inferred"]:
         fx = [{"length_tokens": round(lim * tpw)} for lim in limits] if m == "fixed" else None
-        budget = int((max(LIMITS) + 1) * tpw * 1.25) + 4
         outs = gen.generate_batch(rows, fx, mode=m, max_new_tokens=budget, batch_size=48)
         summary = score.length_summary(limits, [score.words(o.text) for o in outs])
         res[f"li_{m}"] = summary

@@ -27,8 +27,7 @@ def _loss_grads_rows(trainer, batch, monkeypatch, compact: bool):
     loss = trainer.compute_loss(model, dict(batch))
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    monkeypatch.undo()
-    score_trained_positions_on_cpu()
+    monkeypatch.undo()  # the spy, and TRL's own choice where it was set: treasure's hook is back
     return loss.item(), grads, rows
 
 
