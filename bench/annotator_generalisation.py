@@ -18,9 +18,16 @@ training sources (the packaged DEFAULT_MIN_SCORE) and the packaged annotator's r
 (the named baseline: what the head, the lexical features and the Translation rule cost on top of MiniLM).
 
     .venv/bin/python bench/annotator_generalisation.py [--out bench/results/annotator_generalisation]
-        [--threads 1] [--throughput-records 2000] [--skip-throughput]
+        [--threads 1] [--throughput-records 2000] [--skip-throughput] [--max-length 48]
 
 Writes OUT.json (all numbers), OUT.md (the table) and OUT_confusion.png (held-out predictions, all folds).
+
+`--max-length` sets the encoder's token budget (the packaged DEFAULT_MAX_LENGTH otherwise). Several values
+(`--max-length 48 96 128`) run the whole measurement once per value and write OUT.json with one entry per value
+and OUT.md with one table per value plus a summary (mean of sources, MT-Bench, records/s); no confusion plot:
+
+    .venv/bin/python bench/annotator_generalisation.py --max-length 48 96 128 --throughput-records 1000 \
+        --out bench/results/annotator_maxlen
 """
 
 from __future__ import annotations
@@ -53,10 +60,13 @@ def order_sources(rows: list[dict]) -> list[str]:
     return [s for s in sources if s != LAST] + ([LAST] if LAST in sources else [])
 
 
+MAX_LENGTH = emb.DEFAULT_MAX_LENGTH  # the encoder's token budget; main() sets it from --max-length
+
+
 def annotator(train: list[dict], cats: tuple[str, ...], threads: int | None, min_score: float = 0.0):
     return emb.EmbeddingAnnotator(
         paper_taxonomy(), categories=cats, labelled=train, num_threads=threads, min_score=min_score,
-        cache_dir="none",
+        cache_dir="none", max_length=MAX_LENGTH,
     )  # fmt: skip
 
 
@@ -159,7 +169,7 @@ def throughput(rows: list[dict], n: int, threads: int | None) -> dict:
     base = [r for r in rows if r["source"] in ("oasst", "arena_hard", "ifeval", "language_confusion")]
     records = [{"messages": [{"role": "user", "content": f"{base[i % len(base)]['prompt']} ({i // len(base)})"}]}
                for i in range(n)]  # fmt: skip
-    ann = emb.EmbeddingAnnotator(paper_taxonomy(), num_threads=threads)
+    ann = emb.EmbeddingAnnotator(paper_taxonomy(), num_threads=threads, max_length=MAX_LENGTH)
     ann.classify(["warm up"])
     t0 = time.perf_counter()
     for b in range(0, n, 512):
@@ -170,7 +180,7 @@ def throughput(rows: list[dict], n: int, threads: int | None) -> dict:
         ann.encoder.encode([emb.request_text(r["messages"][0]["content"]) for r in records[b : b + 512]])
     enc = n / (time.perf_counter() - t0)
     return {"records": n, "annotator_records_per_s": round(full, 1), "encoder_only_records_per_s": round(enc, 1),
-            "ratio": round(full / enc, 3), "threads": threads}  # fmt: skip
+            "ratio": round(full / enc, 3), "threads": threads, "max_length": MAX_LENGTH}  # fmt: skip
 
 
 def markdown(res: dict) -> str:
@@ -193,19 +203,11 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "annotator_generalisation")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's setting)")
-    ap.add_argument("--throughput-records", type=int, default=2000)
-    ap.add_argument("--skip-throughput", action="store_true")
-    args = ap.parse_args(argv)
-    threads = args.threads or None
-    rows = emb.read_labelled()
-    print(f"{len(rows)} labelled prompts from {len(order_sources(rows))} sources; leave one source out "
-          f"(threads={threads})", flush=True)  # fmt: skip
+def measure(rows: list[dict], args: argparse.Namespace, threads: int | None) -> dict:
+    """The leave-one-source-out folds, their means, the packaged threshold and the throughput at MAX_LENGTH."""
     res = leave_one_source_out(rows, threads)
     res["n"] = len(rows)
+    res["max_length"] = MAX_LENGTH
     res["macro"] = {k: float(np.mean([f[k] for f in res["folds"].values()]))
                     for k in ("domain", "task", "domain_unspecified", "domain_answered", "domain_no_threshold")}  # fmt: skip
     shipped = [r for r in rows if r["source"] not in emb.TRAIN_EXCLUDED_SOURCES]
@@ -216,16 +218,63 @@ def main(argv: list[str] | None = None) -> int:
         res["throughput"] = throughput(rows, args.throughput_records, threads)
         t = res["throughput"]
         print(f"throughput: {t['annotator_records_per_s']} records/s (encoder alone {t['encoder_only_records_per_s']},"
-              f" ratio {t['ratio']}), {t['records']} records, {threads} thread(s)")  # fmt: skip
+              f" ratio {t['ratio']}), {t['records']} records, {threads} thread(s), max_length {MAX_LENGTH}")  # fmt: skip
+    return res
+
+
+def summary(runs: dict[int, dict]) -> str:
+    """One line per max_length: mean of sources, MT-Bench (held out last) and records/s."""
+    lines = [
+        "| max_length | domain (mean of sources) | task (mean of sources) | domain, no threshold | "
+        f"{LAST} domain / task | annotator records/s | encoder alone records/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for length, res in runs.items():
+        m, last, t = res["macro"], res["folds"].get(LAST, {}), res.get("throughput", {})
+        lines.append(
+            f"| {length} | {m['domain']:.3f} | {m['task']:.3f} | {m['domain_no_threshold']:.3f} | "
+            f"{last.get('domain', float('nan')):.3f} / {last.get('task', float('nan')):.3f} | "
+            f"{t.get('annotator_records_per_s', '')} | {t.get('encoder_only_records_per_s', '')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    global MAX_LENGTH
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "annotator_generalisation")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's setting)")
+    ap.add_argument("--throughput-records", type=int, default=2000)
+    ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--max-length", type=int, nargs="+", default=[emb.DEFAULT_MAX_LENGTH],
+                    help="encoder tokens; several values: one run each, compared")  # fmt: skip
+    args = ap.parse_args(argv)
+    threads = args.threads or None
+    rows = emb.read_labelled()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    confusion_png(res.pop("pairs"), args.out.with_name(args.out.name + "_confusion.png"))
-    table = markdown(res)
-    print(table)
-    last = res["folds"].get(LAST)
-    if last:
-        print(f"\nheld out last: {LAST}, domain {last['domain']:.3f} (Unspecified {last['domain_unspecified']:.3f})"
-              f", task {last['task']:.3f}")  # fmt: skip
-    args.out.with_suffix(".md").write_text(table + "\n", encoding="utf-8")
+    runs: dict[int, dict] = {}
+    pairs = None
+    for length in args.max_length:
+        MAX_LENGTH = length
+        print(f"{len(rows)} labelled prompts from {len(order_sources(rows))} sources; leave one source out "
+              f"(threads={threads}, max_length={length})", flush=True)  # fmt: skip
+        res = measure(rows, args, threads)
+        pairs = res.pop("pairs")
+        runs[length] = res
+        print(markdown(res))
+        last = res["folds"].get(LAST)
+        if last:
+            print(f"\nheld out last: {LAST}, domain {last['domain']:.3f} (Unspecified "
+                  f"{last['domain_unspecified']:.3f}), task {last['task']:.3f}", flush=True)  # fmt: skip
+    if len(runs) == 1:
+        (res,) = runs.values()
+        confusion_png(pairs, args.out.with_name(args.out.name + "_confusion.png"))
+        text = markdown(res)
+    else:
+        res = {"max_length": {str(k): v for k, v in runs.items()}}
+        text = "\n\n".join([summary(runs)] + [f"max_length {k}:\n\n{markdown(v)}" for k, v in runs.items()])
+        print("\n" + summary(runs))
+    args.out.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
     args.out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str) + "\n", encoding="utf-8")
     return 0
 
