@@ -1,6 +1,6 @@
 """The embedding annotator with a fine-tuned encoder (`fine_tune_epochs`, annotate/finetune.py): the weights move,
 held-in-like prompts are answered right, the result is cached on disk and reloaded without training, the cache key
-follows the epochs and the examples, a damaged cache file is retrained.
+follows the epochs and the examples, a damaged cache file is retrained, and the CLI refuses a negative epoch count.
 Small on purpose: 36 seeds, no labelled set, one epoch (3 optimiser steps)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import pytest
 
 from treasure.annotate import embedding as emb
 from treasure.annotate import finetune as ft
+from treasure.cli import main
 from treasure.errors import TreasureError
 from treasure.taxonomy import parse_taxonomy
 
@@ -118,3 +119,13 @@ def test_a_damaged_cache_file_is_retrained(tuned, cache_dir, monkeypatch, capsys
 def test_frozen_is_the_default_and_a_negative_epoch_count_is_refused(tmp_path) -> None:
     with pytest.raises(TreasureError, match="fine_tune_epochs"):
         build(tmp_path, epochs=-1)
+
+
+def test_cli_refuses_a_negative_fine_tune(tmp_path, capsys) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    rc = main(["annotate", str(src), "-o", str(tmp_path / "out.jsonl"), "--embedding-fine-tune", "-1"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--embedding-fine-tune" in err and "Traceback" not in err
+    assert not (tmp_path / "out.jsonl").exists()
