@@ -36,6 +36,10 @@ The committed bench/results/encoder_finetune_loso.json is from `--epochs 1` (the
 epochs did not fit the time the measuring session had left (about 55 s a fold per epoch at 1 thread on a quiet
 2-core VM, 6 folds). Epoch 1 was set for that reason before the full run, not from held-out numbers.
 
+The training code is the package's (`treasure.annotate.finetune`: `training_examples`, `fine_tune`), the same
+that `EmbeddingAnnotator(fine_tune_epochs=N)` runs; this script holds the folds, the held-out scoring
+(`predict`, called after each epoch) and the report.
+
 Writes OUT.json (per fold: n, domain, task, per-epoch curve, seconds; mean of sources) and OUT.md (the table).
 """
 
@@ -43,11 +47,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import random
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from treasure.annotate import embedding as emb  # noqa: E402
+from treasure.annotate import finetune as ft  # noqa: E402
 from treasure.taxonomy import paper_taxonomy  # noqa: E402
 
 CATS = ("domain", "task")
@@ -71,149 +73,33 @@ def order_sources(rows: list[dict]) -> list[str]:
     return [s for s in sources if s != LAST] + ([LAST] if LAST in sources else [])
 
 
-def training_examples(train_rows: list[dict], tax) -> list[dict]:
-    """What the annotator's heads train on, as examples {text, response, labels {cat: index}, weights {cat: w}}:
-    seeds, value descriptions and labelled prompts; per category the weights are the annotator's (description
-    weight, then 1 / count ** CLASS_BALANCE), scaled to mean 1 over that category's examples."""
+def training_examples(train_rows: list[dict], tax) -> list[ft.Example]:
+    """What the annotator's heads train on (`finetune.training_examples`): the packaged seeds, the value
+    descriptions and the labelled prompts of the training sources."""
     seeds = emb.read_seeds(emb.default_seeds_path(), tax, strict=False)
-    ex: list[dict] = []
-    for s in seeds:
-        if s.category in CATS:
-            ex.append(
-                {"text": s.text, "response": None, "labels": {s.category: s.value}, "w": {s.category: 1.0}}
-            )
-    for cat in CATS:
-        c = tax[cat]
-        for v in c.values:
-            d = c.value_descriptions.get(v, "").strip()
-            if d and v != emb.UNSPECIFIED:
-                ex.append(
-                    {"text": d, "response": None, "labels": {cat: v}, "w": {cat: emb.DESCRIPTION_WEIGHT}}
-                )
-    for r in train_rows:
-        dom, task = r["prompt"], emb.request_text(r["prompt"])
-        if dom == task:
-            ex.append({"text": dom, "response": r.get("response"), "labels": {"domain": r["domain"], "task": r["task"]},
-                       "w": {"domain": 1.0, "task": 1.0}})  # fmt: skip
-        else:
-            ex.append(
-                {
-                    "text": dom,
-                    "response": r.get("response"),
-                    "labels": {"domain": r["domain"]},
-                    "w": {"domain": 1.0},
-                }
-            )
-            ex.append(
-                {
-                    "text": task,
-                    "response": r.get("response"),
-                    "labels": {"task": r["task"]},
-                    "w": {"task": 1.0},
-                }
-            )
-    for e in ex:
-        e["raw_w"] = dict(e["w"])
-    for cat in CATS:
-        vals = tax[cat].values
-        mine = [e for e in ex if cat in e["labels"]]
-        counts: Counter = Counter()
-        for e in mine:
-            counts[e["labels"][cat]] += e["w"][cat]
-        for e in mine:
-            e["w"][cat] = e["w"][cat] / counts[e["labels"][cat]] ** emb.CLASS_BALANCE
-        mean = np.mean([e["w"][cat] for e in mine])
-        for e in mine:
-            e["w"][cat] /= mean
-            e["labels"][cat] = vals.index(e["labels"][cat])
-    return ex
+    return ft.training_examples(tax, CATS, seeds, train_rows)
 
 
-class Model:
-    """MiniLM with the annotator's pooling and one linear head per category."""
+def predict(model: ft.FineTuneModel, rows: list[dict], tax) -> dict[str, list[str]]:
+    """The model's answers, read as the annotator reads (with its Translation rule)."""
+    import torch
 
-    def __init__(self, tax, init: str, max_length: int, autocast: bool):
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
-        path = str(emb.model_path())
-        with emb._offline():
-            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            self.encoder = AutoModel.from_pretrained(path, local_files_only=True)
-        dim = 2 * self.encoder.config.hidden_size + 5
-        self.heads = torch.nn.ModuleDict({c: torch.nn.Linear(dim, len(tax[c].values)) for c in CATS})
-        for h in self.heads.values():
-            torch.nn.init.zeros_(h.weight), torch.nn.init.zeros_(h.bias)
-        self.max_length, self.autocast, self.init = max_length, autocast, init
-
-    def parameters(self):
-        return [*self.encoder.parameters(), *self.heads.parameters()]
-
-    def features(self, texts: list[str], responses: list[str | None]):
-        import torch
-
-        enc = self.tokenizer([t[: self.max_length * emb.CHARS_PER_TOKEN] for t in texts], truncation=True,
-                             max_length=self.max_length, padding=True, return_tensors="pt")  # fmt: skip
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
-            hidden = self.encoder(**enc).last_hidden_state
-        hidden = hidden.float()
-        m = enc["attention_mask"].unsqueeze(-1).float()
-        first = m * (torch.arange(hidden.shape[1]) < emb.HEAD_TOKENS).view(1, -1, 1).float()
-        pooled = [
-            torch.nn.functional.normalize((hidden * w).sum(1) / w.sum(1).clamp(min=1e-9), dim=-1)
-            for w in (m, first)
-        ]
-        lex = torch.tensor(
-            np.stack([emb.lexical_features(t, r) for t, r in zip(texts, responses, strict=True)])
-        )
-        return torch.cat([*pooled, lex], dim=1)
-
-    def frozen_features(self, texts: list[str], responses: list[str | None], batch: int = 64) -> np.ndarray:
-        import torch
-
-        self.encoder.eval()
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = np.zeros((len(texts), 2 * self.encoder.config.hidden_size + 5), dtype=np.float32)
-        with torch.inference_mode():
-            for b in range(0, len(order), batch):
-                idx = order[b : b + batch]
-                out[idx] = self.features([texts[i] for i in idx], [responses[i] for i in idx]).numpy()
-        return out
-
-    def probe_init(self, examples: list[dict], tax) -> None:
-        """The heads from `embedding.fit_head` on the frozen features (the packaged head's fit)."""
-        import torch
-
-        x = self.frozen_features([e["text"] for e in examples], [e["response"] for e in examples])
+    model.encoder.eval()
+    out: dict[str, list[str]] = {}
+    with torch.inference_mode():
         for cat in CATS:
-            idx = [i for i, e in enumerate(examples) if cat in e["labels"]]
-            y = np.array([examples[i]["labels"][cat] for i in idx])
-            # fit_head applies the class balance itself: it gets the weights before it, as _examples passes them
-            raw = np.array([examples[i]["raw_w"][cat] for i in idx], dtype=np.float32)
-            coef = emb.fit_head(x[idx], y, raw, len(tax[cat].values))
-            with torch.no_grad():
-                self.heads[cat].weight.copy_(torch.tensor(coef[:-1].T))
-                self.heads[cat].bias.copy_(torch.tensor(coef[-1]))
-
-    def predict(self, rows: list[dict], tax) -> dict[str, list[str]]:
-        import torch
-
-        self.encoder.eval()
-        out: dict[str, list[str]] = {}
-        with torch.inference_mode():
-            for cat in CATS:
-                texts = [r["prompt"] if cat == "domain" else emb.request_text(r["prompt"]) for r in rows]
-                preds = []
-                for b in range(0, len(texts), 32):
-                    x = self.features(texts[b : b + 32], [r.get("response") for r in rows[b : b + 32]])
-                    p = torch.softmax(self.heads[cat](x), dim=-1)
-                    vals = tax[cat].values
-                    if cat == "task" and "Translation" in vals:
-                        asked = torch.tensor([emb.asks_to_translate(r["prompt"]) for r in rows[b : b + 32]])
-                        p[~asked, vals.index("Translation")] = 0.0
-                    preds += [vals[i] for i in p.argmax(-1).tolist()]
-                out[cat] = preds
-        return out
+            texts = [r["prompt"] if cat == "domain" else emb.request_text(r["prompt"]) for r in rows]
+            preds = []
+            for b in range(0, len(texts), 32):
+                x = model.features(texts[b : b + 32], [r.get("response") for r in rows[b : b + 32]])
+                p = torch.softmax(model.heads[cat](x), dim=-1)
+                vals = tax[cat].values
+                if cat == "task" and "Translation" in vals:
+                    asked = torch.tensor([emb.asks_to_translate(r["prompt"]) for r in rows[b : b + 32]])
+                    p[~asked, vals.index("Translation")] = 0.0
+                preds += [vals[i] for i in p.argmax(-1).tolist()]
+            out[cat] = preds
+    return out
 
 
 def score(preds: dict[str, list[str]], rows: list[dict]) -> dict[str, float]:
@@ -221,62 +107,31 @@ def score(preds: dict[str, list[str]], rows: list[dict]) -> dict[str, float]:
 
 
 def run_fold(rows: list[dict], held: str, tax, args) -> dict:
-    import torch
-
     t0 = time.perf_counter()
-    torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
     train = [r for r in rows if r["source"] != held]
     test = [r for r in rows if r["source"] == held]
     assert not {r["prompt"] for r in test} & {r["prompt"] for r in train}
     examples = training_examples(train, tax)
-    model = Model(tax, args.init, args.max_length, args.autocast)
-    if args.init == "probe":
-        model.probe_init(examples, tax)
-    curve = [
-        {"epoch": 0, **score(model.predict(test, tax), test), "seconds": round(time.perf_counter() - t0, 1)}
-    ]
-    print(f"  {held:20s} epoch 0 ({args.init} head) domain {curve[0]['domain']:.3f} task {curve[0]['task']:.3f} "
-          f"[{curve[0]['seconds']}s, {len(examples)} training examples]", flush=True)  # fmt: skip
-    head_params = list(model.heads.parameters())
-    groups = [{"params": list(model.encoder.parameters()), "lr": args.lr}]
-    groups.append({"params": head_params, "lr": args.lr if args.init == "probe" else args.head_lr})
-    opt = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
-    steps = args.epochs * math.ceil(len(examples) / args.batch_size)
-    warm = max(1, int(0.1 * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm))
-    )
-    step = 0
-    for epoch in range(1, args.epochs + 1):
-        model.encoder.train()
-        order = list(range(len(examples)))
-        rng.shuffle(order)
-        losses = []
-        for b in range(0, len(order), args.batch_size):
-            batch = [examples[i] for i in order[b : b + args.batch_size]]
-            x = model.features([e["text"] for e in batch], [e["response"] for e in batch])
-            loss = torch.zeros(())
-            for cat in CATS:
-                idx = [i for i, e in enumerate(batch) if cat in e["labels"]]
-                if not idx:
-                    continue
-                y = torch.tensor([batch[i]["labels"][cat] for i in idx])
-                w = torch.tensor([batch[i]["w"][cat] for i in idx])
-                ce = torch.nn.functional.cross_entropy(model.heads[cat](x[idx]), y, reduction="none")
-                loss = loss + (ce * w).sum() / len(batch)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            losses.append(loss.item())
-        point = {"epoch": epoch, **score(model.predict(test, tax), test), "train_loss": round(float(np.mean(losses)), 4),
-                 "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    curve: list[dict] = []
+
+    def on_epoch(model: ft.FineTuneModel, epoch: int, loss: float | None) -> None:
+        point = {"epoch": epoch, **score(predict(model, test, tax), test)}
+        if loss is not None:
+            point["train_loss"] = round(loss, 4)
+        point["seconds"] = round(time.perf_counter() - t0, 1)
         curve.append(point)
-        print(f"  {held:20s} epoch {epoch} loss {point['train_loss']:.3f} domain {point['domain']:.3f} "
-              f"task {point['task']:.3f} [{point['seconds']}s]", flush=True)  # fmt: skip
+        if epoch == 0:
+            print(f"  {held:20s} epoch 0 ({args.init} head) domain {point['domain']:.3f} task {point['task']:.3f} "
+                  f"[{point['seconds']}s, {len(examples)} training examples]", flush=True)  # fmt: skip
+        else:
+            print(f"  {held:20s} epoch {epoch} loss {point['train_loss']:.3f} domain {point['domain']:.3f} "
+                  f"task {point['task']:.3f} [{point['seconds']}s]", flush=True)  # fmt: skip
+
+    _, step = ft.fine_tune(
+        examples, {c: len(tax[c].values) for c in CATS}, epochs=args.epochs, seed=args.seed, lr=args.lr,
+        head_lr=args.head_lr, init=args.init, batch_size=args.batch_size, weight_decay=args.weight_decay,
+        max_length=args.max_length, autocast=args.autocast, on_epoch=on_epoch, progress=False,
+    )  # fmt: skip
     final = curve[-1]
     return {"n": len(test), "domain": final["domain"], "task": final["task"], "probe_domain": curve[0]["domain"],
             "probe_task": curve[0]["task"], "curve": curve, "train_examples": len(examples), "steps": step,

@@ -23,10 +23,14 @@ ON_ERROR = ("fail", "skip")
 
 
 def decisive(obj: Any) -> Any:
-    """A dataclass as a dict, without the fields marked `metadata={"fingerprint": False}`."""
+    """A dataclass as a dict, without the fields marked `metadata={"fingerprint": False}`, nor those marked
+    `"omit_default": True` while at their default (an option added later: old runs keep their fingerprint)."""
     if is_dataclass(obj):
         return {
-            f.name: decisive(getattr(obj, f.name)) for f in fields(obj) if f.metadata.get("fingerprint", True)
+            f.name: decisive(getattr(obj, f.name))
+            for f in fields(obj)
+            if f.metadata.get("fingerprint", True)
+            and not (f.metadata.get("omit_default") and getattr(obj, f.name) == f.default)
         }
     return obj
 
@@ -125,6 +129,12 @@ class AnnotateOptions:
     seeds: str | None = field(
         default=None, metadata={"help": "extra labelled examples (JSONL) for the domain/task classifier"}
     )
+    embedding_fine_tune: int = field(
+        default=0,
+        metadata={"metavar": "EPOCHS", "omit_default": True,
+                  "help": "fine-tune the domain/task classifier's MiniLM end to end on its examples for EPOCHS "
+                          "epochs first (about a minute per epoch on one core; cached); 0: frozen"},
+    )  # fmt: skip
     on_error: str = field(
         default="fail",
         metadata={"choices": ON_ERROR, "help": "a bad record stops the run (fail) or goes to the rejects file (skip)"},

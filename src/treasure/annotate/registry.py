@@ -69,7 +69,13 @@ def _language(taxonomy: Taxonomy, opts: AnnotateOptions, cats: list[str]):
 def _embedding(taxonomy: Taxonomy, opts: AnnotateOptions, cats: list[str]):
     from treasure.annotate.embedding import EmbeddingAnnotator
 
-    return EmbeddingAnnotator(taxonomy, categories=tuple(cats), extra_seeds_path=opts.seeds), {}
+    ann = EmbeddingAnnotator(
+        taxonomy,
+        categories=tuple(cats),
+        extra_seeds_path=opts.seeds,
+        fine_tune_epochs=opts.embedding_fine_tune,
+    )
+    return ann, {}
 
 
 def _llm(taxonomy: Taxonomy, opts: AnnotateOptions, cats: list[str]):

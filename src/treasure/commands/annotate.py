@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 # The option fields with a flag, in the order --help lists them (the other flags are the run's, not options').
-BEFORE_REJECTS = ("taxonomy", "categories", "tokenizer", "field_map", "seeds", "on_error")
+BEFORE_REJECTS = ("taxonomy", "categories", "tokenizer", "field_map", "seeds", "embedding_fine_tune",
+                  "on_error")  # fmt: skip
 LLM_FLAGS = ("model", "base_url", "categories", "concurrency", "cache", "fewshot", "num_fewshot", "structured",
              "timeout", "max_retries", "max_attempts", "api_key_env")  # fmt: skip
 REWARD_FLAGS = ("reward_model", "reward_batch_size", "reward_max_length")
@@ -79,6 +80,10 @@ def _options(args: argparse.Namespace):
         raise TreasureError("--num-proc must be at least 1")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise TreasureError("--chunk-size must be at least 1")
+    if args.embedding_fine_tune < 0:
+        raise TreasureError(
+            f"--embedding-fine-tune must be 0 (frozen encoder) or a number of epochs, got {args.embedding_fine_tune}"
+        )
     values = dataclass_values(
         AnnotateOptions, args, names=BEFORE_REJECTS + ("split", "chunk_size") + REWARD_FLAGS
     )
