@@ -37,7 +37,7 @@ epochs did not fit the time the measuring session had left (about 55 s a fold pe
 2-core VM, 6 folds). Epoch 1 was set for that reason before the full run, not from held-out numbers.
 
 The training code is the package's (`treasure.annotate.finetune`: `training_examples`, `fine_tune`), the same
-that `EmbeddingAnnotator(fine_tune_epochs=N)` runs; this script holds the folds, the held-out scoring
+that `finetune.FineTunedEmbeddingAnnotator(fine_tune_epochs=N)` runs; this script holds the folds, the held-out scoring
 (`predict`, called after each epoch) and the report.
 
 Writes OUT.json (per fold: n, domain, task, per-epoch curve, seconds; mean of sources) and OUT.md (the table).

@@ -44,8 +44,8 @@ HELD_IN_LIKE = [("What temperature should I bake a lasagna at?", "Cooking"),
 
 
 def build(cache_dir, seeds=SEEDS, epochs=1) -> emb.EmbeddingAnnotator:
-    return emb.EmbeddingAnnotator(TAX, categories=("topic",), seeds=seeds, labelled=[], dtype="float32",
-                                  cache_dir=cache_dir, num_threads=1, fine_tune_epochs=epochs)  # fmt: skip
+    return ft.FineTunedEmbeddingAnnotator(TAX, categories=("topic",), seeds=seeds, labelled=[], dtype="float32",
+                                          cache_dir=cache_dir, num_threads=1, fine_tune_epochs=epochs)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,8 @@ seeds (the seeds with foreign text in them); this was most of the task errors on
 Chosen by leave-one-source-out on the labelled set (bench/annotator_generalisation.py, bench/README.md), against
 the previous prototype scorer (top-3 nearest seeds + centroid), which bench/embedding_accuracy.py --compare keeps.
 
-Fine-tuning (opt-in: `fine_tune_epochs=N`, `treasure annotate --embedding-fine-tune N`; default 0, the frozen
-encoder above). The encoder and one linear head per category are first trained end to end for N epochs on all
+Fine-tuning (opt-in: `treasure annotate --embedding-fine-tune N`, or in Python
+`finetune.FineTunedEmbeddingAnnotator(..., fine_tune_epochs=N)`; the default is the frozen encoder above). The encoder and one linear head per category are first trained end to end for N epochs on all
 the categories' examples (the same seeds, user seeds at USER_SEED_WEIGHT, descriptions and labelled prompts), by
 annotate/finetune.py: "linear probe, then fine-tune", the heads starting from `fit_head` on the frozen features,
 AdamW lr 3e-5. The heads are then used as the fine-tuning left them (not refitted), as the bench measured them:
@@ -62,7 +62,6 @@ import json
 import os
 import platform
 import re
-import sys
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -630,8 +629,6 @@ class EmbeddingAnnotator:
         num_threads: int | None = DEFAULT_NUM_THREADS,
         cache_dir: str | Path | None = None,
         labelled: str | Path | Sequence[dict] | None = None,
-        fine_tune_epochs: int = 0,
-        fine_tune_seed: int = 0,
     ):
         """`seeds`: None for the packaged examples, or a file / list of {"text", "category", "value"} to use
         instead. `extra_seeds_path`: a user's file of the same format, added on top (a text also in the base
@@ -639,18 +636,8 @@ class EmbeddingAnnotator:
         Unspecified. `num_threads`: torch threads while encoding (None: torch's setting). `cache_dir`: where seed
         vectors are cached ("none": not on disk). `labelled`: labelled prompts the head also trains on (rows of
         `read_labelled`; None: the packaged set without TRAIN_EXCLUDED_SOURCES; [] none), used for a category
-        only when every label is one of its values. `fine_tune_epochs`: 0 (the default) keeps the encoder frozen;
-        N > 0 fine-tunes it end to end on all the categories' examples for N epochs first (annotate/finetune.py,
-        seed `fine_tune_seed`), the weights cached in `cache_dir`."""
-        if (
-            isinstance(fine_tune_epochs, bool)
-            or not isinstance(fine_tune_epochs, int)
-            or fine_tune_epochs < 0
-        ):
-            raise TreasureError(
-                f"fine_tune_epochs must be 0 (frozen) or a number of epochs, got {fine_tune_epochs!r}"
-            )
-        self.fine_tune_epochs, self.fine_tune_seed = fine_tune_epochs, fine_tune_seed
+        only when every label is one of its values. A fine-tuned encoder instead of the frozen one:
+        `finetune.FineTunedEmbeddingAnnotator`."""
         self.taxonomy = taxonomy
         self.categories = tuple(categories)
         self.min_score = min_score
@@ -792,47 +779,7 @@ class EmbeddingAnnotator:
             allowed_translation=vals.index("Translation") if cat == "task" and "Translation" in vals else None,
         )  # fmt: skip
 
-    def _fine_tuned(self) -> dict[str, _CategoryModel]:
-        """Fine-tune the encoder and the heads on all the categories' examples (annotate/finetune.py), or load
-        the result from the process or the disk cache; the encoder then reads with the fine-tuned copy."""
-        from treasure.annotate import finetune as ft
-
-        examples = ft.training_examples(
-            self.taxonomy, self.categories, self.seeds, self.labelled, self._user_seeds
-        )
-        n_values = {c: len(self.taxonomy[c].values) for c in self.categories}
-        enc = self.encoder
-        key = ft.cache_key(examples, n_values, epochs=self.fine_tune_epochs, seed=self.fine_tune_seed,
-                           max_length=enc.max_length, head_tokens=enc.head_tokens)  # fmt: skip
-        mem = (key, enc.dtype, enc.device)
-        if mem not in _FINE_TUNED:
-            path = self._cache_dir / f"finetune-{key}.safetensors" if self._cache_dir else None
-            state = ft.load_state(path) if path is not None else None
-            loaded = None
-            if state is not None:
-                loaded = ft.apply_state(state, self.categories, n_values, dtype=enc.dtype, device=enc.device)
-            if loaded is None:  # not cached, or a damaged or foreign file: train
-                where = f"cached at {path}" if path is not None else "not cached (cache_dir none)"
-                print(f"fine-tuning MiniLM-L6 on {len(examples)} examples, {self.fine_tune_epochs} epoch(s); {where}",
-                      file=sys.stderr, flush=True)  # fmt: skip
-                with _torch_threads(enc.num_threads):
-                    model, _ = ft.fine_tune(examples, n_values, epochs=self.fine_tune_epochs, seed=self.fine_tune_seed,
-                                            max_length=enc.max_length, head_tokens=enc.head_tokens)  # fmt: skip
-                state = model.state()
-                if path is not None:
-                    with contextlib.suppress(OSError):  # an unwritable cache only costs time
-                        ft.save_state(path, state)
-                loaded = ft.apply_state(state, self.categories, n_values, dtype=enc.dtype, device=enc.device)
-                assert loaded is not None
-            _FINE_TUNED[mem] = loaded
-        enc.model, coefs = _FINE_TUNED[mem]
-        # Part of Encoder.settings(), so the seed-vector cache never mixes frozen and fine-tuned vectors.
-        enc.fine_tune = key
-        return {cat: self._category_model(cat, coefs[cat]) for cat in self.categories}
-
     def _build(self) -> dict[str, _CategoryModel]:
-        if self.fine_tune_epochs:
-            return self._fine_tuned()
         per_cat = {cat: self._examples(cat) for cat in self.categories}
         all_texts = sorted({t for texts, *_ in per_cat.values() for t in texts})
         full, head = self._seed_vectors(all_texts)

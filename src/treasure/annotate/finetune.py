@@ -23,6 +23,7 @@ About 55 s per 1,000 examples and epoch at 1 thread on a 2-core VM (the packaged
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from treasure.annotate import embedding as emb
+from treasure.errors import TreasureError
 from treasure.taxonomy import Taxonomy
 
 LR = 3e-5
@@ -373,3 +375,55 @@ def apply_state(state: dict[str, Any], categories: Sequence[str], n_values: dict
         return None
     model.eval().to(device=device, dtype=getattr(torch, dtype))
     return model, coefs
+
+
+class FineTunedEmbeddingAnnotator(emb.EmbeddingAnnotator):
+    """The embedding annotator with its encoder fine-tuned end to end on its own examples (seeds, descriptions,
+    labelled prompts, a user's seeds at their weight) for `fine_tune_epochs` epochs, seed `fine_tune_seed`,
+    the weights cached in `cache_dir`; every other argument as `EmbeddingAnnotator`'s."""
+
+    def __init__(self, *args: Any, fine_tune_epochs: int = 1, fine_tune_seed: int = 0, **kwargs: Any):
+        if (
+            isinstance(fine_tune_epochs, bool)
+            or not isinstance(fine_tune_epochs, int)
+            or fine_tune_epochs < 1
+        ):
+            raise TreasureError(f"fine_tune_epochs must be a number of epochs >= 1, got {fine_tune_epochs!r}")
+        self.fine_tune_epochs, self.fine_tune_seed = fine_tune_epochs, fine_tune_seed
+        super().__init__(*args, **kwargs)
+
+    def _build(self) -> dict[str, Any]:
+        """Fine-tune the encoder and the heads on all the categories' examples (annotate/finetune.py), or load
+        the result from the process or the disk cache; the encoder then reads with the fine-tuned copy."""
+        examples = training_examples(
+            self.taxonomy, self.categories, self.seeds, self.labelled, self._user_seeds
+        )
+        n_values = {c: len(self.taxonomy[c].values) for c in self.categories}
+        enc = self.encoder
+        key = cache_key(examples, n_values, epochs=self.fine_tune_epochs, seed=self.fine_tune_seed,
+                           max_length=enc.max_length, head_tokens=enc.head_tokens)  # fmt: skip
+        mem = (key, enc.dtype, enc.device)
+        if mem not in emb._FINE_TUNED:
+            path = self._cache_dir / f"finetune-{key}.safetensors" if self._cache_dir else None
+            state = load_state(path) if path is not None else None
+            loaded = None
+            if state is not None:
+                loaded = apply_state(state, self.categories, n_values, dtype=enc.dtype, device=enc.device)
+            if loaded is None:  # not cached, or a damaged or foreign file: train
+                where = f"cached at {path}" if path is not None else "not cached (cache_dir none)"
+                print(f"fine-tuning MiniLM-L6 on {len(examples)} examples, {self.fine_tune_epochs} epoch(s); {where}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                with emb._torch_threads(enc.num_threads):
+                    model, _ = fine_tune(examples, n_values, epochs=self.fine_tune_epochs, seed=self.fine_tune_seed,
+                                            max_length=enc.max_length, head_tokens=enc.head_tokens)  # fmt: skip
+                state = model.state()
+                if path is not None:
+                    with contextlib.suppress(OSError):  # an unwritable cache only costs time
+                        save_state(path, state)
+                loaded = apply_state(state, self.categories, n_values, dtype=enc.dtype, device=enc.device)
+                assert loaded is not None
+            emb._FINE_TUNED[mem] = loaded
+        enc.model, coefs = emb._FINE_TUNED[mem]
+        # Part of Encoder.settings(), so the seed-vector cache never mixes frozen and fine-tuned vectors.
+        enc.fine_tune = key
+        return {cat: self._category_model(cat, coefs[cat]) for cat in self.categories}

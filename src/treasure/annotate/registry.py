@@ -69,13 +69,17 @@ def _language(taxonomy: Taxonomy, opts: AnnotateOptions, cats: list[str]):
 def _embedding(taxonomy: Taxonomy, opts: AnnotateOptions, cats: list[str]):
     from treasure.annotate.embedding import EmbeddingAnnotator
 
-    ann = EmbeddingAnnotator(
-        taxonomy,
-        categories=tuple(cats),
-        extra_seeds_path=opts.seeds,
-        fine_tune_epochs=opts.embedding_fine_tune,
-    )
-    return ann, {}
+    if opts.embedding_fine_tune:
+        from treasure.annotate.finetune import FineTunedEmbeddingAnnotator
+
+        tuned = FineTunedEmbeddingAnnotator(
+            taxonomy,
+            categories=tuple(cats),
+            extra_seeds_path=opts.seeds,
+            fine_tune_epochs=opts.embedding_fine_tune,
+        )
+        return tuned, {}
+    return EmbeddingAnnotator(taxonomy, categories=tuple(cats), extra_seeds_path=opts.seeds), {}
 
 
 def _llm(taxonomy: Taxonomy, opts: AnnotateOptions, cats: list[str]):
