@@ -27,8 +27,8 @@ Chosen by leave-one-source-out on the labelled set (bench/annotator_generalisati
 the previous prototype scorer (top-3 nearest seeds + centroid), which bench/embedding_accuracy.py --compare keeps.
 
 Fine-tuning (opt-in: `treasure annotate --embedding-fine-tune N`, or in Python
-`finetune.FineTunedEmbeddingAnnotator(..., fine_tune_epochs=N)`; the default is the frozen encoder above). The encoder and one linear head per category are first trained end to end for N epochs on all
-the categories' examples (the same seeds, user seeds at USER_SEED_WEIGHT, descriptions and labelled prompts), by
+`finetune.FineTunedEmbeddingAnnotator(..., fine_tune_epochs=N)`; the default is the frozen encoder above). The
+encoder and one linear head per category are first trained end to end for N epochs on all the categories' examples (the same seeds, user seeds at USER_SEED_WEIGHT, descriptions and labelled prompts), by
 annotate/finetune.py: "linear probe, then fine-tune", the heads starting from `fit_head` on the frozen features,
 AdamW lr 3e-5. The heads are then used as the fine-tuning left them (not refitted), as the bench measured them:
 leave one source out, domain 0.715 -> 0.765 and task 0.689 -> 0.751 after 1 epoch
@@ -318,12 +318,22 @@ class Encoder:
                 hidden = self.model(
                     input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)
                 ).last_hidden_state.float()
-                m = mask.to(hidden.device).unsqueeze(-1).float()
-                first = m * (torch.arange(width, device=hidden.device) < self.head_tokens).view(1, -1, 1)
-                for out, weights in ((full, m), (head, first)):
-                    pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-                    out[idx] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+                for out, pooled in zip((full, head), pool_views(hidden, mask, self.head_tokens), strict=True):
+                    out[idx] = pooled.cpu().numpy()
         return full, head
+
+
+def pool_views(hidden: Any, mask: Any, head_tokens: int) -> tuple[Any, Any]:
+    """The annotator's two views of a batch of token vectors (float hidden states, 0/1 attention mask): the unit
+    mean of all its tokens and the unit mean of its first `head_tokens` tokens."""
+    import torch
+
+    m = mask.to(hidden.device).unsqueeze(-1).float()
+    first = m * (torch.arange(hidden.shape[1], device=hidden.device) < head_tokens).view(1, -1, 1)
+    return tuple(
+        torch.nn.functional.normalize((hidden * w).sum(1) / w.sum(1).clamp(min=1e-9), dim=-1)
+        for w in (m, first)
+    )
 
 
 # ------------------------------------------------------------------------------------------------- seeds

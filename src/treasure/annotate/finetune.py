@@ -152,13 +152,7 @@ class FineTuneModel:
                              max_length=self.max_length, padding=True, return_tensors="pt")  # fmt: skip
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
             hidden = self.encoder(**enc).last_hidden_state
-        hidden = hidden.float()
-        m = enc["attention_mask"].unsqueeze(-1).float()
-        first = m * (torch.arange(hidden.shape[1]) < self.head_tokens).view(1, -1, 1).float()
-        pooled = [
-            torch.nn.functional.normalize((hidden * w).sum(1) / w.sum(1).clamp(min=1e-9), dim=-1)
-            for w in (m, first)
-        ]
+        pooled = emb.pool_views(hidden.float(), enc["attention_mask"], self.head_tokens)
         lex = torch.tensor(
             np.stack([emb.lexical_features(t, r) for t, r in zip(texts, responses, strict=True)])
         )

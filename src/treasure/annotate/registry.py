@@ -69,17 +69,12 @@ def _language(taxonomy: Taxonomy, opts: AnnotateOptions, cats: list[str]):
 def _embedding(taxonomy: Taxonomy, opts: AnnotateOptions, cats: list[str]):
     from treasure.annotate.embedding import EmbeddingAnnotator
 
+    cls, tuning = EmbeddingAnnotator, {}
     if opts.embedding_fine_tune:
         from treasure.annotate.finetune import FineTunedEmbeddingAnnotator
 
-        tuned = FineTunedEmbeddingAnnotator(
-            taxonomy,
-            categories=tuple(cats),
-            extra_seeds_path=opts.seeds,
-            fine_tune_epochs=opts.embedding_fine_tune,
-        )
-        return tuned, {}
-    return EmbeddingAnnotator(taxonomy, categories=tuple(cats), extra_seeds_path=opts.seeds), {}
+        cls, tuning = FineTunedEmbeddingAnnotator, {"fine_tune_epochs": opts.embedding_fine_tune}
+    return cls(taxonomy, categories=tuple(cats), extra_seeds_path=opts.seeds, **tuning), {}
 
 
 def _llm(taxonomy: Taxonomy, opts: AnnotateOptions, cats: list[str]):
