@@ -274,9 +274,15 @@ def main(argv: list[str] | None = None) -> int:
         res = {"max_length": {str(k): v for k, v in runs.items()}}
         text = "\n\n".join([summary(runs)] + [f"max_length {k}:\n\n{markdown(v)}" for k, v in runs.items()])
         print("\n" + summary(runs))
-    args.out.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
-    args.out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str) + "\n", encoding="utf-8")
+    write_results(args.out, text, res)
     return 0
+
+
+def write_results(out: Path, table: str, res: dict) -> None:
+    """OUT.md (the table) and OUT.json (all numbers): what every leave-one-source-out bench writes."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(table + "\n", encoding="utf-8")
+    out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

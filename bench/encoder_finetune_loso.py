@@ -55,6 +55,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
+
+from annotator_generalisation import write_results  # noqa: E402
 
 from treasure.annotate import embedding as emb  # noqa: E402
 from treasure.annotate import finetune as ft  # noqa: E402
@@ -199,9 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         res["baseline_macro"] = baseline["macro"]
     table = markdown(res, baseline)
     print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text(table + "\n", encoding="utf-8")
-    args.out.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
+    write_results(args.out, table, res)
     return 0
 
 

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from annotator_generalisation import CATS, correct, order_sources  # noqa: E402
+from annotator_generalisation import CATS, correct, order_sources, write_results  # noqa: E402
 
 from treasure.annotate import embedding as emb  # noqa: E402
 from treasure.annotate.llm import LLMAnnotator  # noqa: E402
@@ -230,9 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"| {res['llm_records_per_s']} | {m['classifier_domain']:.3f} | {m['classifier_task']:.3f} | |")  # fmt: skip
     table = "\n".join(lines)
     print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text(table + "\n", encoding="utf-8")
-    args.out.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
+    write_results(args.out, table, res)
     return 0
 
 
