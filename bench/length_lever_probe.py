@@ -77,11 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = DemoConfig(steps=args.steps, **settings, extra=extra)
     tokenizer_path = resolve_model(cfg.model)
-    train_path, _ = prepare_data(args.runs / "data", tokenizer_path)
+    data = args.runs / ("data" if not cfg.length_views else f"data_views{cfg.length_views}")
+    train_path, _ = prepare_data(data, tokenizer_path, length_views=cfg.length_views)
     train = read_jsonl(train_path)
     if args.fit:
         keep = _fitting(train, tokenizer_path, cfg.max_length)
-        train_path = args.runs / "data" / f"train.fit{cfg.max_length}.jsonl"
+        train_path = data / f"train.fit{cfg.max_length}.jsonl"
         write_jsonl(train_path, keep)
         print(f"fit: {len(keep)} of {len(train)} records", flush=True)
     folder = args.runs / args.name

@@ -15,7 +15,8 @@ from test_suite import treasure
 
 from treasure.arms import read_jsonl
 from treasure.demo import score
-from treasure.demo.data import shipped_humanevalpack, shipped_oasst
+from treasure.demo.data import prefix_views, shipped_humanevalpack, shipped_oasst, stopping_points
+from treasure.errors import TreasureError
 
 
 def test_shipped_data_is_the_documented_file():
@@ -27,6 +28,38 @@ def test_shipped_data_is_the_documented_file():
     digest = hashlib.sha256(shipped_humanevalpack().read_bytes()).hexdigest()
     assert digest == "b1376d72be4bd016a62ad043d9de3846edb8d63edf1222da802a31330c14c3a7"
     assert "MIT" in (shipped_humanevalpack().parents[1] / "SOURCES.md").read_text()
+
+
+def test_stopping_points_are_paragraph_breaks_after_a_whole_sentence_outside_code():
+    first = "This first paragraph has more than ten words in it, so it can stand alone."
+    reply = "\n\n".join(
+        [first, "An open list:", "```python\nx = 1.\n\ny = 2.\n```", "Done with the code, then.", "Last one."]
+    )
+    points = stopping_points(reply)
+    # after the first paragraph and after the one that follows the fence; not after "An open list:" (no sentence
+    # end), not inside the fence, not at the reply's own end
+    assert [reply[:p].rsplit("\n\n", 1)[-1] for p in points] == [first, "Done with the code, then."]
+    assert stopping_points("Sure!\n\nHere is a long answer that goes on.") == []  # under MIN_VIEW_WORDS
+    assert stopping_points(first) == []
+
+
+def test_prefix_views_cut_training_replies_and_keep_the_originals_first():
+    first = "This first paragraph has more than ten words in it, so it can stand alone."
+    reply = "\n\n".join([first, "A second paragraph, also ending a sentence.", "The end."])
+    rec = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": reply}],
+           "markers": {"quality": 0.5, "length_tokens": 40}, "message_id": "m1"}  # fmt: skip
+    plain = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "ok"}]}
+    out = prefix_views([rec, plain], per_reply=1, seed=0)
+    assert out[:2] == [rec, plain] and len(out) == 3
+    view = out[2]
+    assert reply.startswith(view["messages"][-1]["content"]) and view["messages"][-1]["content"] != reply
+    assert view["view"] == "prefix" and view["view_of"] == "m1" and view["messages"][0] == rec["messages"][0]
+    assert rec["messages"][-1]["content"] == reply  # the original is not changed
+    assert len(prefix_views([rec], per_reply=5)) == 3  # at most one view per stopping point
+    assert prefix_views([rec], per_reply=0) == [rec]
+    assert prefix_views([rec], 1, seed=0) == prefix_views([rec], 1, seed=0)
+    with pytest.raises(TreasureError, match="length_views"):
+        prefix_views([rec], -1)
 
 
 def test_length_summary_counts_violations_and_ratios():

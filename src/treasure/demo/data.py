@@ -8,6 +8,8 @@ message tree, so no held-out prompt (nor any sibling reply of one) is ever train
 
 from __future__ import annotations
 
+import random
+import re
 from importlib.resources import files
 from pathlib import Path
 
@@ -29,10 +31,59 @@ def shipped_humanevalpack() -> Path:
     return DATA_DIR / DATA_FILE
 
 
+# A paragraph break outside a code fence, after a sentence that ends: where a reply can stop and still read whole.
+MIN_VIEW_WORDS = 10  # a shorter prefix ("Sure!") is an opening, not an answer
+_SENTENCE_END = re.compile(r"[.!?)\"']\s*$")
+
+
+def stopping_points(reply: str) -> list[int]:
+    """Character offsets where `reply` could end early: each blank-line break (outside ``` fences) whose paragraph
+    before it ends a sentence, after at least MIN_VIEW_WORDS words, and not the reply's own end."""
+    points, fenced, pos = [], False, 0
+    parts = reply.split("\n\n")
+    for part in parts[:-1]:
+        fenced ^= part.count("```") % 2 == 1
+        pos += len(part)
+        long_enough = len(reply[:pos].split()) >= MIN_VIEW_WORDS
+        if not fenced and long_enough and _SENTENCE_END.search(part) and reply[pos:].strip():
+            points.append(pos)
+        pos += 2
+    return points
+
+
+def prefix_views(records: list[dict], per_reply: int, seed: int = 0) -> list[dict]:
+    """Up to `per_reply` shorter copies of each record whose reply has `stopping_points`: the same conversation,
+    the reply cut at a paragraph break (chosen by a seeded draw), its markers kept for the annotators to redo.
+
+    Why: in human data the end of a reply is foretold by its content, so a model can learn where to stop without
+    reading a length marker. The same reply stopping at different points, each with its own length, makes the
+    marker the only thing that tells when to stop. Each copy carries `view: "prefix"` and `view_of`, the
+    original's message_id; the original records come first, unchanged."""
+    if per_reply < 0:
+        from treasure.errors import TreasureError
+
+        raise TreasureError(f"length_views {per_reply}: expected 0 or more copies per reply")
+    rng = random.Random(seed)
+    views = []
+    for rec in records:
+        reply = rec["messages"][-1]["content"]
+        points = stopping_points(reply)
+        for cut in sorted(rng.sample(points, min(per_reply, len(points)))):
+            view = {
+                **rec,
+                "messages": [*rec["messages"][:-1], {**rec["messages"][-1], "content": reply[:cut]}],
+            }
+            view["markers"] = dict(rec.get("markers", {}))
+            view["view"], view["view_of"] = "prefix", rec.get("message_id")
+            views.append(view)
+    return list(records) + views
+
+
 def prepare_data(
-    folder: Path, tokenizer: str, *, test_share: float = 0.2, seed: int = 0
+    folder: Path, tokenizer: str, *, test_share: float = 0.2, seed: int = 0, length_views: int = 0
 ) -> tuple[Path, Path]:
-    """Annotated train and test files in `folder` (made once; a second call reuses them)."""
+    """Annotated train and test files in `folder` (made once; a second call reuses them). `length_views` adds that
+    many `prefix_views` of each training reply (never of a held-out one) before annotation."""
     from treasure.annotate.options import AnnotateOptions
     from treasure.annotate.pipeline import run_annotate
     from treasure.oasst import convert_oasst, split_by_tree
@@ -43,6 +94,7 @@ def prepare_data(
         return out
     records = convert_oasst(shipped_oasst()).records
     train, test = split_by_tree(records, test_share=test_share, seed=seed)
+    train = prefix_views(train, length_views, seed)
     opts = AnnotateOptions(tokenizer=tokenizer)
     for rows, name, dst in ((train, "train.jsonl", out[0]), (test, "test.jsonl", out[1])):
         raw = folder / name

@@ -53,6 +53,7 @@ class DemoConfig:
     format: str = "compact"
     dataset_dropout: float = 0.5
     sample_dropout: float = 0.5
+    length_views: int = 0  # cut copies of each training reply (data.prefix_views)
     limits: tuple[int, ...] = (20, 40, 80)
     n_length_prompts: int = 12  # held-out prompts, each asked at every limit
     n_infer: int = 48  # held-out prompts whose block the marker arm writes
@@ -293,7 +294,7 @@ def run_demo(cfg: DemoConfig, out: Path, *, on_stage: Callable[[str], None] = pr
     # length_tokens in the model's own tokens (tiny-llama's are the packaged GPT-2 tokenizer, annotate's default)
     tokenizer = None if is_tiny(cfg.model) else resolve_model(cfg.model)
     on_stage("data: OpenAssistant oasst1 (English validation) -> annotate -> split by tree")
-    train_path, test_path = prepare_data(out / "data", tokenizer)
+    train_path, test_path = prepare_data(out / "data", tokenizer, length_views=cfg.length_views)
     train, test = read_jsonl(train_path), read_jsonl(test_path)
     on_stage(f"data: {len(train)} train records, {len(test)} held-out records")
     results: dict[str, Any] = {
