@@ -56,6 +56,13 @@ class TreasureSFTConfig(SFTConfig):
             "(description|mean). Override one key with --markers.KEY VALUE."
         },
     )
+    end_of_turn_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of each end-of-turn label in the loss (1: TRL's own loss). Above 1 the decision to stop "
+            "counts more, so a length marker that tells when to stop is worth reading (treasure/train/loss.py)."
+        },
+    )
     chat_template_kwargs: dict | str | None = field(
         default=None,
         metadata={
@@ -81,6 +88,10 @@ class TreasureSFTConfig(SFTConfig):
         if self.assistant_only_loss:
             raise ConfigError(
                 "assistant_only_loss: not needed: the loss covers the final assistant turn only"
+            )
+        if not (isinstance(self.end_of_turn_weight, int | float) and self.end_of_turn_weight > 0):
+            raise ConfigError(
+                f"end_of_turn_weight: expected a number above 0, got {self.end_of_turn_weight!r}"
             )
         if self.chat_template_kwargs is not None and not isinstance(self.chat_template_kwargs, dict):
             raise ConfigError(f"chat_template_kwargs: expected a mapping, got {self.chat_template_kwargs!r}")

@@ -255,7 +255,17 @@ def build_trainer(
         cut = run.args.max_length, run.args.truncation_mode
         train_ds = truncate_dataset(train_ds, *cut)
         eval_ds = truncate_dataset(eval_ds, *cut) if eval_ds is not None else None
-    trainer = SFTTrainer(
+    trainer_class, weighting = SFTTrainer, {}
+    if run.args.end_of_turn_weight != 1:
+        from treasure.generate.engine import stop_ids
+        from treasure.train.loss import WeightedEndSFTTrainer
+
+        trainer_class = WeightedEndSFTTrainer
+        weighting = {
+            "stop_ids": stop_ids(prep.model, prep.tokenizer),
+            "end_of_turn_weight": run.args.end_of_turn_weight,
+        }
+    trainer = trainer_class(
         model=prep.model,
         args=args,
         train_dataset=train_ds,
@@ -263,6 +273,7 @@ def build_trainer(
         processing_class=prep.tokenizer,
         peft_config=_peft_config(run, prep.model, prep.marker_token_ids),
         callbacks=callbacks,
+        **weighting,
     )
     _expose_lm_head_bias(trainer.model)
     _save_adapter_only(trainer.model, prep.marker_token_ids)
