@@ -29,6 +29,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MT_BENCH = REPO.parent / "shared" / "data" / "prompts" / "mt_bench_question.jsonl"
 TARGETS = (16, 48, 144)  # length_tokens of the lever-alone probe
+LENGTH_GRID = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+
+
+def on_grid(n: int) -> int:
+    import math
+
+    return min(LENGTH_GRID, key=lambda g: abs(math.log(g) - math.log(max(n, 1))))
 LIMITS = (20, 40, 80)  # words, AlpacaEval-LI wording
 
 
@@ -55,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arm", default="markers", choices=("markers", "baseline"))
     ap.add_argument("--n", type=int, default=16, help="development prompts")
     ap.add_argument("--runs", type=Path, default=REPO / "runs" / "length_probe")
+    ap.add_argument(
+        "--length-grid",
+        action="store_true",
+        help="round every length_tokens (training records and fixed values) to the nearest of LENGTH_GRID in log "
+        "scale: a few frequent values instead of every integer",
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -80,11 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     data = args.runs / ("data" if not cfg.length_views else f"data_views{cfg.length_views}")
     train_path, _ = prepare_data(data, tokenizer_path, length_views=cfg.length_views)
     train = read_jsonl(train_path)
+    keep = train
     if args.fit:
         keep = _fitting(train, tokenizer_path, cfg.max_length)
         train_path = data / f"train.fit{cfg.max_length}.jsonl"
         write_jsonl(train_path, keep)
         print(f"fit: {len(keep)} of {len(train)} records", flush=True)
+    snap = on_grid if args.length_grid else (lambda n: n)
+    if args.length_grid:
+        keep = [{**r, "markers": {**r["markers"], "length_tokens": snap(r["markers"]["length_tokens"])}}
+                if "length_tokens" in r.get("markers", {}) else r for r in keep]  # fmt: skip
+        train_path = train_path.with_name(train_path.stem + ".grid.jsonl")
+        write_jsonl(train_path, keep)
     folder = args.runs / args.name
     conf = train_config(cfg, train_file=train_path, output_dir=folder / "bundle", mode=args.arm, seed=0)
     stats = train_arm(conf, folder)
@@ -103,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [[{"role": "user", "content": p}] for _ in TARGETS for p in prompts]
     asked = [t for t in TARGETS for _ in prompts]
     mode = "fixed" if args.arm == "markers" else "inferred"
-    fixed = [{"length_tokens": t} for t in asked] if mode == "fixed" else None
+    fixed = [{"length_tokens": snap(t)} for t in asked] if mode == "fixed" else None
     outs = gen.generate_batch(rows, fixed, mode=mode, max_new_tokens=240, batch_size=48)
     ntok = [len(tok(o.text)["input_ids"]) for o in outs]
     res["lever"] = {
@@ -138,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     limits = [lim for lim in LIMITS for _ in prompts]
     budget = int((max(LIMITS) + 1) * tpw * 1.25) + 4
     for m in ["inferred", "fixed"] if args.arm == "markers" else ["inferred"]:
-        fx = [{"length_tokens": round(lim * tpw)} for lim in limits] if m == "fixed" else None
+        fx = [{"length_tokens": snap(round(lim * tpw))} for lim in limits] if m == "fixed" else None
         outs = gen.generate_batch(rows, fx, mode=m, max_new_tokens=budget, batch_size=48)
         summary = score.length_summary(limits, [score.words(o.text) for o in outs])
         res[f"li_{m}"] = summary

@@ -63,6 +63,13 @@ class TreasureSFTConfig(SFTConfig):
             "counts more, so a length marker that tells when to stop is worth reading (treasure/train/loss.py)."
         },
     )
+    line_break_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of each line-break label (a token that starts with a newline) in the loss: with "
+            "end_of_turn_weight, both answers to 'stop at the end of this line?' count (treasure/train/loss.py)."
+        },
+    )
     chat_template_kwargs: dict | str | None = field(
         default=None,
         metadata={
@@ -89,10 +96,10 @@ class TreasureSFTConfig(SFTConfig):
             raise ConfigError(
                 "assistant_only_loss: not needed: the loss covers the final assistant turn only"
             )
-        if not (isinstance(self.end_of_turn_weight, int | float) and self.end_of_turn_weight > 0):
-            raise ConfigError(
-                f"end_of_turn_weight: expected a number above 0, got {self.end_of_turn_weight!r}"
-            )
+        for name in ("end_of_turn_weight", "line_break_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, int | float) and value > 0):
+                raise ConfigError(f"{name}: expected a number above 0, got {value!r}")
         if self.chat_template_kwargs is not None and not isinstance(self.chat_template_kwargs, dict):
             raise ConfigError(f"chat_template_kwargs: expected a mapping, got {self.chat_template_kwargs!r}")
 

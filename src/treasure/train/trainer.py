@@ -256,15 +256,18 @@ def build_trainer(
         train_ds = truncate_dataset(train_ds, *cut)
         eval_ds = truncate_dataset(eval_ds, *cut) if eval_ds is not None else None
     trainer_class, weighting = SFTTrainer, {}
-    if run.args.end_of_turn_weight != 1:
+    if run.args.end_of_turn_weight != 1 or run.args.line_break_weight != 1:
         from treasure.generate.engine import stop_ids
-        from treasure.train.loss import WeightedEndSFTTrainer
+        from treasure.train.loss import WeightedStopSFTTrainer, label_weights, line_break_ids
 
-        trainer_class = WeightedEndSFTTrainer
-        weighting = {
-            "stop_ids": stop_ids(prep.model, prep.tokenizer),
-            "end_of_turn_weight": run.args.end_of_turn_weight,
-        }
+        trainer_class = WeightedStopSFTTrainer
+        weights = label_weights(
+            stop_ids(prep.model, prep.tokenizer),
+            run.args.end_of_turn_weight,
+            line_break_ids(prep.tokenizer) if run.args.line_break_weight != 1 else [],
+            run.args.line_break_weight,
+        )
+        weighting = {"weights": weights}
     trainer = trainer_class(
         model=prep.model,
         args=args,
