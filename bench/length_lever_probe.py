@@ -36,6 +36,8 @@ def on_grid(n: int) -> int:
     import math
 
     return min(LENGTH_GRID, key=lambda g: abs(math.log(g) - math.log(max(n, 1))))
+
+
 LIMITS = (20, 40, 80)  # words, AlpacaEval-LI wording
 
 
