@@ -62,6 +62,40 @@ def test_prefix_views_cut_training_replies_and_keep_the_originals_first():
         prefix_views([rec], -1)
 
 
+def test_prepare_data_cuts_training_replies_only(tmp_path, monkeypatch):
+    import shutil
+
+    import treasure.annotate.pipeline as pipeline
+    from treasure.demo.data import prepare_data
+
+    # the annotators are tested elsewhere: here each file is passed through as it is
+    monkeypatch.setattr(pipeline, "run_annotate", lambda src, dst, opts, progress: shutil.copy(src, dst))
+    plain = [read_jsonl(p) for p in prepare_data(tmp_path / "plain", None)]
+    cut = [read_jsonl(p) for p in prepare_data(tmp_path / "cut", None, length_views=1)]
+    assert cut[1] == plain[1] and not any("view" in r for r in cut[1])  # held-out replies are never cut
+    views = [r for r in cut[0] if r.get("view") == "prefix"]
+    assert cut[0][: len(plain[0])] == plain[0] and len(cut[0]) == len(plain[0]) + len(views) > len(plain[0])
+    originals = {r["message_id"]: r for r in plain[0]}
+    for v in views:
+        full = originals[v["view_of"]]["messages"]
+        assert v["messages"][:-1] == full[:-1] and full[-1]["content"].startswith(
+            v["messages"][-1]["content"]
+        )
+
+
+def test_a_demo_folder_resumes_only_with_its_own_settings(tmp_path):
+    from treasure.demo.run import DemoConfig, check_settings
+
+    settings = tmp_path / "settings.json"
+    check_settings(settings, DemoConfig())  # a new folder
+    made = DemoConfig(steps=4).to_dict()
+    del made["length_views"]  # written before that setting existed: it counts as its default
+    settings.write_text(json.dumps(made), encoding="utf-8")
+    check_settings(settings, DemoConfig(steps=4))
+    with pytest.raises(TreasureError, match=r"other settings .*length_views, steps"):
+        check_settings(settings, DemoConfig(steps=8, length_views=1))
+
+
 def test_length_summary_counts_violations_and_ratios():
     s = score.length_summary([20, 20, 40, 40], [10, 25, 40, 0])
     assert s["n"] == 4 and s["violation_rate"] == 0.25 and s["empty"] == 1

@@ -276,6 +276,24 @@ def code_repair(cfg: DemoConfig, gens: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
+def check_settings(settings: Path, cfg: DemoConfig) -> None:
+    """Refuse to resume a folder made with other settings; a setting added since it was made counts as its default."""
+    if not settings.exists():
+        return
+    wanted = json.loads(json.dumps(cfg.to_dict()))
+    made = {
+        **json.loads(json.dumps(DemoConfig().to_dict())),
+        **json.loads(settings.read_text(encoding="utf-8")),
+    }
+    differ = sorted(k for k in made.keys() | wanted.keys() if made.get(k) != wanted.get(k))
+    if differ:
+        from treasure.errors import TreasureError
+
+        raise TreasureError(
+            f"{settings.parent}: made with other settings ({settings}: {', '.join(differ)}); use another --out"
+        )
+
+
 def run_demo(cfg: DemoConfig, out: Path, *, on_stage: Callable[[str], None] = print) -> dict[str, Any]:
     """Data, both arms per seed, their evaluation; returns (and writes out/results.json) everything measured."""
     from treasure.model_source import resolve_model
@@ -283,12 +301,7 @@ def run_demo(cfg: DemoConfig, out: Path, *, on_stage: Callable[[str], None] = pr
 
     out.mkdir(parents=True, exist_ok=True)
     settings = out / "settings.json"
-    if settings.exists() and json.loads(settings.read_text(encoding="utf-8")) != json.loads(
-        json.dumps(cfg.to_dict())
-    ):
-        from treasure.errors import TreasureError
-
-        raise TreasureError(f"{out}: made with other settings ({settings}); use another --out")
+    check_settings(settings, cfg)
     write_json(settings, cfg.to_dict())
     on_stage(f"model: {cfg.model}")
     # length_tokens in the model's own tokens (tiny-llama's are the packaged GPT-2 tokenizer, annotate's default)
