@@ -83,6 +83,21 @@ def test_prepare_data_cuts_training_replies_only(tmp_path, monkeypatch):
         )
 
 
+def test_demo_settings_are_read_as_yaml_and_checked_against_their_defaults():
+    from treasure.commands.demo import _assignments
+    from treasure.demo.run import DemoConfig
+
+    fields = DemoConfig.__dataclass_fields__
+    got = _assignments(["learning_rate=1", "seeds=[0, 1]", "length_views=2", "format=paper"], "--set", fields)
+    assert got == {"learning_rate": 1, "seeds": (0, 1), "length_views": 2, "format": "paper"}
+    for item, expected in (("steps=abc", "expected int"), ("length_views=1.5", "expected int"),
+                           ("seeds=0", "expected a list"), ("learning_rate=fast", "expected float"),
+                           ("format=3", "expected str"), ("steps=true", "expected int")):  # fmt: skip
+        with pytest.raises(TreasureError, match=expected):
+            _assignments([item], "--set", fields)
+    assert _assignments(["anything=[1]"], "--train") == {"anything": [1]}  # train keys are TRL's to check
+
+
 def test_a_demo_folder_resumes_only_with_its_own_settings(tmp_path):
     from treasure.demo.run import DemoConfig, check_settings
 

@@ -182,8 +182,23 @@ def _assignments(items: list[str], flag: str, allowed=None) -> dict:
             raise TreasureError(f"{flag} {item!r}: unknown setting {key!r} (valid: {valid})")
         value = yaml.safe_load(raw) if raw.strip() else ""
         # DemoConfig keeps sequences as tuples; train keys go to YAML as they are
-        out[key] = tuple(value) if allowed is not None and isinstance(value, list) else value
+        value = tuple(value) if allowed is not None and isinstance(value, list) else value
+        if allowed is not None and not _same_kind(value, allowed[key].default):
+            kind = type(allowed[key].default).__name__
+            raise TreasureError(
+                f"{flag} {item!r}: expected {'a list' if kind == 'tuple' else kind}, got {value!r}"
+            )
+        out[key] = value
     return out
+
+
+def _same_kind(value, default) -> bool:
+    """Whether `value` can stand where a setting's `default` stands (an int for an int, a number for a float)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    return not isinstance(default, int | str | tuple) or isinstance(value, type(default))
 
 
 def run_suite(args: argparse.Namespace) -> int:
