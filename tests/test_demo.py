@@ -90,6 +90,9 @@ def test_demo_settings_are_read_as_yaml_and_checked_against_their_defaults():
     fields = DemoConfig.__dataclass_fields__
     got = _assignments(["learning_rate=1", "seeds=[0, 1]", "length_views=2", "format=paper"], "--set", fields)
     assert got == {"learning_rate": 1, "seeds": (0, 1), "length_views": 2, "format": "paper"}
+    assert _assignments(["learning_rate=3e-4"], "--set", fields) == {
+        "learning_rate": 3e-4
+    }  # a string to YAML 1.1
     for item, expected in (("steps=abc", "expected int"), ("length_views=1.5", "expected int"),
                            ("seeds=0", "expected a list"), ("learning_rate=fast", "expected float"),
                            ("format=3", "expected str"), ("steps=true", "expected int")):  # fmt: skip

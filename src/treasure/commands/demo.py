@@ -167,6 +167,8 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def _assignments(items: list[str], flag: str, allowed=None) -> dict:
     """`KEY=VALUE` strings as a dict, each value read as YAML (numbers, booleans, lists); a clear error otherwise."""
+    import contextlib
+
     import yaml
 
     from treasure.errors import TreasureError
@@ -183,6 +185,9 @@ def _assignments(items: list[str], flag: str, allowed=None) -> dict:
         value = yaml.safe_load(raw) if raw.strip() else ""
         # DemoConfig keeps sequences as tuples; train keys go to YAML as they are
         value = tuple(value) if allowed is not None and isinstance(value, list) else value
+        if allowed is not None and isinstance(allowed[key].default, float) and isinstance(value, str):
+            with contextlib.suppress(ValueError):  # YAML 1.1 reads 3e-4 (no dot) as a string
+                value = float(value)
         if allowed is not None and not _same_kind(value, allowed[key].default):
             kind = type(allowed[key].default).__name__
             raise TreasureError(
