@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -32,9 +33,14 @@ TARGETS = (16, 48, 144)  # length_tokens of the lever-alone probe
 LENGTH_GRID = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
 
-def on_grid(n: int) -> int:
-    import math
+def dev_prompts(n: int) -> list[str]:
+    """The development prompts: the first `n` MT-Bench first turns outside math, coding and reasoning."""
+    with MT_BENCH.open(encoding="utf-8") as f:
+        questions = [json.loads(line) for line in f]
+    return [q["turns"][0] for q in questions if q["category"] not in ("math", "coding", "reasoning")][:n]
 
+
+def on_grid(n: int) -> int:
     return min(LENGTH_GRID, key=lambda g: abs(math.log(g) - math.log(max(n, 1))))
 
 
@@ -114,11 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gen = Generator(load_bundle(folder / "bundle", dtype=torch.float32))
     tok = gen.bundle.tokenizer
-    with MT_BENCH.open(encoding="utf-8") as f:
-        questions = [json.loads(line) for line in f]
-    prompts = [q["turns"][0] for q in questions if q["category"] not in ("math", "coding", "reasoning")][
-        : args.n
-    ]
+    prompts = dev_prompts(args.n)
     res: dict = {"name": args.name, "train": stats, "args": {k: str(v) for k, v in vars(args).items()}}
 
     # the lever alone: a fixed length_tokens, no instruction

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    from length_lever_probe import MT_BENCH
+    from length_lever_probe import dev_prompts
 
     from treasure.annotate.length import count_paragraphs, count_sentences
     from treasure.bundle import load_bundle
@@ -40,11 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gen = Generator(load_bundle(args.bundle, dtype=torch.float32))
     tok = gen.bundle.tokenizer
-    with MT_BENCH.open(encoding="utf-8") as f:
-        questions = [json.loads(line) for line in f]
-    prompts = [q["turns"][0] for q in questions if q["category"] not in ("math", "coding", "reasoning")][
-        : args.n
-    ]
+    prompts = dev_prompts(args.n)
     res: dict = {"bundle": str(args.bundle), "n": len(prompts), "markers": {}}
     for marker, values in SETTINGS.items():
         asked = [v for v in values for _ in prompts]

@@ -39,13 +39,13 @@ _SENTENCE_END = re.compile(r"[.!?)\"']\s*$")
 def stopping_points(reply: str) -> list[int]:
     """Character offsets where `reply` could end early: each blank-line break (outside ``` fences) whose paragraph
     before it ends a sentence, after at least MIN_VIEW_WORDS words, and not the reply's own end."""
-    points, fenced, pos = [], False, 0
+    points, fenced, pos, words = [], False, 0, 0
     parts = reply.split("\n\n")
     for part in parts[:-1]:
         fenced ^= part.count("```") % 2 == 1
         pos += len(part)
-        long_enough = len(reply[:pos].split()) >= MIN_VIEW_WORDS
-        if not fenced and long_enough and _SENTENCE_END.search(part) and reply[pos:].strip():
+        words += len(part.split())  # the words of reply[:pos]
+        if not fenced and words >= MIN_VIEW_WORDS and _SENTENCE_END.search(part) and reply[pos:].strip():
             points.append(pos)
         pos += 2
     return points
