@@ -167,8 +167,6 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def _assignments(items: list[str], flag: str, allowed=None) -> dict:
     """`KEY=VALUE` strings as a dict, each value read as YAML (numbers, booleans, lists); a clear error otherwise."""
-    import contextlib
-
     import yaml
 
     from treasure.errors import TreasureError
@@ -183,27 +181,35 @@ def _assignments(items: list[str], flag: str, allowed=None) -> dict:
             valid = ", ".join(k for k in allowed if k != "extra")
             raise TreasureError(f"{flag} {item!r}: unknown setting {key!r} (valid: {valid})")
         value = yaml.safe_load(raw) if raw.strip() else ""
-        # DemoConfig keeps sequences as tuples; train keys go to YAML as they are
-        value = tuple(value) if allowed is not None and isinstance(value, list) else value
-        if allowed is not None and isinstance(allowed[key].default, float) and isinstance(value, str):
-            with contextlib.suppress(ValueError):  # YAML 1.1 reads 3e-4 (no dot) as a string
-                value = float(value)
-        if allowed is not None and not _same_kind(value, allowed[key].default):
-            kind = type(allowed[key].default).__name__
-            raise TreasureError(
-                f"{flag} {item!r}: expected {'a list' if kind == 'tuple' else kind}, got {value!r}"
-            )
-        out[key] = value
+        # a DemoConfig setting takes its default's kind; train keys go to YAML as they are, for TRL to check
+        out[key] = (
+            value if allowed is None else _setting_value(value, allowed[key].default, f"{flag} {item!r}")
+        )
     return out
 
 
-def _same_kind(value, default) -> bool:
-    """Whether `value` can stand where a setting's `default` stands (an int for an int, a number for a float)."""
+def _setting_value(value, default, where: str):
+    """A YAML value as the DemoConfig setting whose default is `default` holds it (a list as a tuple, 3e-4 as a
+    float), or a TreasureError when it is of another kind (an int for an int, a number for a float)."""
+    import contextlib
+
+    from treasure.errors import TreasureError
+
+    if isinstance(value, list):
+        value = tuple(value)
+    if isinstance(default, float) and isinstance(value, str):
+        with contextlib.suppress(ValueError):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            value = float(value)
     if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(value, bool) and isinstance(default, bool)
-    if isinstance(default, float):
-        return isinstance(value, int | float)
-    return not isinstance(default, int | str | tuple) or isinstance(value, type(default))
+        ok = isinstance(value, bool) and isinstance(default, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float)
+    else:
+        ok = not isinstance(default, int | str | tuple) or isinstance(value, type(default))
+    if not ok:
+        kind = "a list" if isinstance(default, tuple) else type(default).__name__
+        raise TreasureError(f"{where}: expected {kind}, got {value!r}")
+    return value
 
 
 def run_suite(args: argparse.Namespace) -> int:
