@@ -155,6 +155,12 @@ def load_bundle(
                 model = model.merge_and_unload()
         else:
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        if markers.uses_countdown:
+            from treasure.countdown import COUNTDOWN_FILE, attach_countdown
+
+            if not (path / COUNTDOWN_FILE).is_file():
+                raise TreasureError(f"{path}: trained with markers.countdown but {COUNTDOWN_FILE} is missing")
+            attach_countdown(model, tokenizer, markers.marker_taxonomy(taxonomy), path / COUNTDOWN_FILE)
     return Bundle(path, model, tokenizer, taxonomy, markers, stats, info)
 
 

@@ -14,6 +14,8 @@ Every switch is an ablation of the paper's recipe (arXiv 2506.14702, section 3):
   epoch, reproducibly from the seed. The completion always keeps all markers: the model learns to infer them.
 - ``embedding_init``: how the compact format's new token rows start: ``description`` (the mean embedding of the
   tokens of the value's description in the taxonomy) or ``mean`` (the mean of all existing rows).
+- ``countdown``: beyond the paper, a learned remaining-length vector on every reply token after a block with
+  ``length_tokens`` (countdown.py), so the reply can stop where the marker says. Compact format only.
 
 Pure data with validation; no torch.
 """
@@ -46,6 +48,18 @@ def _choice(where: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _flag(where: str, value: Any) -> bool:
+    """A boolean, also as the command line writes it (true / false)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise ConfigError(f"{where}: expected true or false, got {value!r}")
+
+
 def _rate(where: str, value: Any) -> float:
     if isinstance(value, bool):
         raise ConfigError(f"{where}: expected a number in [0, 1], got {value!r}")
@@ -69,6 +83,7 @@ class MarkerConfig:
     dataset_dropout: float = 0.5
     sample_dropout: float = 0.5
     embedding_init: str = "description"
+    countdown: bool = False
 
     @classmethod
     def from_dict(
@@ -91,6 +106,8 @@ class MarkerConfig:
             kw["placement"] = _choice(f"{where}.placement", data["placement"], PLACEMENTS)
         if "embedding_init" in data:
             kw["embedding_init"] = _choice(f"{where}.embedding_init", data["embedding_init"], EMBEDDING_INITS)
+        if "countdown" in data:
+            kw["countdown"] = _flag(f"{where}.countdown", data["countdown"])
         for key in ("dataset_dropout", "sample_dropout"):
             if key in data:
                 kw[key] = _rate(f"{where}.{key}", data[key])
@@ -106,18 +123,32 @@ class MarkerConfig:
                 raise ConfigError(f"{where}.categories: a category is listed twice in {cats}")
             kw["categories"] = tuple(cats)
         config = cls(**kw)
+        if config.countdown and config.mode == "markers" and not block_format(config.format).added_tokens:
+            raise ConfigError(
+                f"{where}.countdown: needs format compact (its length marker and delimiters are single tokens), "
+                f"not {config.format!r}"
+            )
         if taxonomy is not None:
             config.check(taxonomy, where)
         return config
 
     def check(self, taxonomy: Taxonomy, where: str = "markers") -> None:
-        """Every configured category must exist in `taxonomy`."""
+        """Every configured category must exist in `taxonomy`; a countdown needs `length_tokens` among them."""
         for name in self.categories or ():
             if name not in taxonomy:
                 raise ConfigError(
                     f"{where}.categories: unknown category {name!r}{_suggest(name, taxonomy.names)} in taxonomy "
                     f"{taxonomy.name!r}"
                 )
+        if self.uses_countdown and "length_tokens" not in self.marker_taxonomy(taxonomy):
+            raise ConfigError(
+                f"{where}.countdown: needs the 'length_tokens' category among the run's markers"
+            )
+
+    @property
+    def uses_countdown(self) -> bool:
+        """Whether the model gets the length countdown (never in baseline mode: same model as plain SFT)."""
+        return self.countdown and self.mode == "markers"
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

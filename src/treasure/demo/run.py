@@ -54,6 +54,7 @@ class DemoConfig:
     dataset_dropout: float = 0.5
     sample_dropout: float = 0.5
     length_views: int = 0  # cut copies of each training reply (data.prefix_views)
+    countdown: bool = False  # the marker arm's length countdown (treasure/countdown.py)
     limits: tuple[int, ...] = (20, 40, 80)
     n_length_prompts: int = 12  # held-out prompts, each asked at every limit
     n_infer: int = 48  # held-out prompts whose block the marker arm writes
@@ -85,6 +86,7 @@ def train_config(
             "placement": "both",
             "dataset_dropout": cfg.dataset_dropout,
             "sample_dropout": cfg.sample_dropout,
+            "countdown": cfg.countdown,
         },
         "use_peft": True,
         "lora_r": cfg.lora_r,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from treasure.bundle import BUNDLE_VERSION, INFO_FILE, STATS_FILE, TAXONOMY_FILE, load_bundle
+from treasure.countdown import COUNTDOWN_FILE
 from treasure.errors import TreasureError
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ def export_bundle(src: str | Path, dst: str | Path) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     bundle.model.save_pretrained(str(dst))
     bundle.tokenizer.save_pretrained(str(dst))
-    for name in (TAXONOMY_FILE, STATS_FILE):
+    for name in (TAXONOMY_FILE, STATS_FILE, COUNTDOWN_FILE):  # a countdown stays beside the merged model
         if (src / name).is_file():
             shutil.copyfile(src / name, dst / name)
     info = {**bundle.info, "adapter": False, "exported_from": str(src)}

@@ -15,6 +15,9 @@ No Trainer subclass: the marker recipe lives in the dataset (render.py, data.py)
   ``position_ids`` TRL writes (tests/test_train_packing.py; docs/training.md).
 - With LoRA and the compact format, the new token rows are trained through PEFT's ``trainable_token_indices``
   (embeddings, and the LM head when it is not tied to them), and the bundle saves the adapter and those rows only.
+- With ``markers.countdown`` the model gets the length countdown (treasure/countdown.py) before PEFT wraps it; its
+  table trains with the run (PEFT freezes it; build_trainer thaws it) and is saved as countdown.safetensors, in the
+  bundle and in every checkpoint.
 - TRL's fused LM head scores only the trained positions on Triton devices and every position elsewhere (to keep
   Neuron's tile shapes fixed); on a CPU, where no shape is compiled, `score_trained_positions_on_cpu` makes it score
   the trained ones there too: the same loss and gradients, without the prompt's and the padding's share of the
@@ -140,6 +143,10 @@ def prepare(run: RunConfig, *, load_model: bool = True, build_datasets: bool = T
             ids = add_marker_tokens(model, tokenizer, mtax, markers.embedding_init)
         else:
             extend_tokenizer(tokenizer, mtax)
+    if markers.uses_countdown and model is not None:
+        from treasure.countdown import attach_countdown
+
+        attach_countdown(model, tokenizer, markers.marker_taxonomy(run.taxonomy))
     tokenizer.chat_template = wrap_chat_template(template, markers, run.taxonomy)
     spec = DataSpec(markers, run.taxonomy, data_seed(args), template, args.chat_template_kwargs)
     prep = Prepared(model, tokenizer, spec, records, lines, ids)
@@ -280,7 +287,27 @@ def build_trainer(
     )
     _expose_lm_head_bias(trainer.model)
     _save_adapter_only(trainer.model, prep.marker_token_ids)
+    if run.markers.uses_countdown:
+        _train_countdown(trainer, prep, run)
     return trainer
+
+
+def _train_countdown(trainer: SFTTrainer, prep: Prepared, run: RunConfig) -> None:
+    """Hook the countdown to the input embeddings PEFT left, make its table trainable, save it with checkpoints."""
+    from transformers import TrainerCallback
+
+    from treasure.countdown import attach_countdown, save_countdown
+
+    countdown = attach_countdown(trainer.model, prep.tokenizer, run.markers.marker_taxonomy(run.taxonomy))
+    countdown.table.weight.requires_grad_(True)
+
+    class SaveCountdown(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and folder.is_dir():
+                save_countdown(trainer.model, folder)
+
+    trainer.add_callback(SaveCountdown())
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
@@ -319,9 +346,21 @@ def train(
         log.warning("--resume: no checkpoint in %s, starting from the beginning", output_dir)
     prep = prepare(run)
     trainer = build_trainer(run, prep, callbacks)
+    if run.markers.uses_countdown and resume_from is not None:
+        from treasure.countdown import COUNTDOWN_FILE, attach_countdown
+
+        attach_countdown(
+            trainer.model,
+            prep.tokenizer,
+            run.markers.marker_taxonomy(run.taxonomy),
+            Path(resume_from) / COUNTDOWN_FILE,
+        )
     result = trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model(str(output_dir))
     if trainer.args.should_save:
+        from treasure.countdown import save_countdown
+
+        save_countdown(trainer.model, output_dir)
         stats = marker_stats(prep.records, run.markers.marker_taxonomy(run.taxonomy))
         write_bundle_files(
             output_dir,
