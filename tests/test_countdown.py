@@ -14,6 +14,7 @@ from treasure.countdown import (
     COUNTDOWN_FILE,
     N_BUCKETS,
     OFF,
+    SCALE,
     Vocab,
     bucket,
     find_countdown,
@@ -91,8 +92,8 @@ def test_a_run_trains_saves_and_loads_its_countdown(tmp_path, lora):
     out = _trained(tmp_path, "run", max_steps=4, **(LORA if lora else {}))
     assert (out / COUNTDOWN_FILE).is_file()
     bundle = load_bundle(out)
-    table = find_countdown(bundle.model).table.weight
-    table = table.detach()
+    table = find_countdown(bundle.model).table.weight.detach()
+    assert find_countdown(bundle.model).scale == SCALE  # saved beside the rows
     assert float(table[OFF].abs().sum()) == 0.0  # OFF stays a zero vector
     assert float(table[1:].abs().sum()) > 0  # trained from zeros
     if not lora:  # the full model's weights do not carry the table

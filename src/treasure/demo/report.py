@@ -7,6 +7,8 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
 
+from treasure.demo.score import wilson_interval
+
 PAPER_INFERENCE = {"domain": "75", "task": "54", "format": "47", "length_bucket": ""}
 
 
@@ -35,10 +37,19 @@ def summary_table(results: dict[str, Any]) -> list[str]:
     def col(key: str, cond: str) -> list[float]:
         return [c[cond][key] for c in length]
 
+    def violations(cond: str) -> str:
+        """Mean ± sd over seeds; for one seed, the rate with its Wilson 95% interval over the n items."""
+        rates = col("violation_rate", cond)
+        if n_seeds > 1:
+            return _ms(rates)
+        lo, hi = wilson_interval(rates[0], n_len)
+        return f"{_ms(rates)} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+    target = results["config"].get("length_target", 1.0)
     rows.append(
         f"| word-limit violations, AlpacaEval-LI wording (n={n_len} per arm; limits {', '.join(map(str, results['config']['limits']))} words; "
-        f"fixed = + length_tokens) | {_ms(col('violation_rate', 'baseline'))} | {_ms(col('violation_rate', 'inferred'))} | "
-        f"{_ms(col('violation_rate', 'fixed'))} | 36.58 -> 24.74 -> 1.25 |"
+        f"fixed = + length_tokens for {target:g} x the limit{'; [95% interval]' if n_seeds == 1 else ''}) | "
+        f"{violations('baseline')} | {violations('inferred')} | {violations('fixed')} | 36.58 -> 24.74 -> 1.25 |"
     )
     rows.append(
         f"| median words / limit (x100; the budget stops an answer soon after its limit) | {_ms(col('median_ratio', 'baseline'))} | {_ms(col('median_ratio', 'inferred'))} | "

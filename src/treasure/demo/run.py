@@ -54,7 +54,10 @@ class DemoConfig:
     dataset_dropout: float = 0.5
     sample_dropout: float = 0.5
     length_views: int = 0  # cut copies of each training reply (data.prefix_views)
-    countdown: bool = False  # the marker arm's length countdown (treasure/countdown.py)
+    countdown: bool = True  # the marker arm's length countdown (treasure/countdown.py; docs/findings.md)
+    # the fixed length_tokens for an "at most N words" request: this share of N words in tokens, an answer under
+    # the limit (chosen on the lever probe's MT-Bench development prompts, never on the demo's: docs/findings.md)
+    length_target: float = 0.8
     limits: tuple[int, ...] = (20, 40, 80)
     n_length_prompts: int = 12  # held-out prompts, each asked at every limit
     n_infer: int = 48  # held-out prompts whose block the marker arm writes
@@ -162,12 +165,18 @@ def evaluate_arms(
     # Each limit's budget lets an answer run just past its limit (a violation is then seen), no further: the
     # produced/asked ratio is capped near 1.25.
     budgets = {lim: int((lim + 1) * tpw * 1.25) + 4 for lim in cfg.limits}
-    length: dict[str, Any] = {"tokens_per_word": round(tpw, 3), "max_new_tokens": budgets, "conditions": {}}
+    length: dict[str, Any] = {
+        "tokens_per_word": round(tpw, 3),
+        "length_target": cfg.length_target,
+        "max_new_tokens": budgets,
+        "conditions": {},
+    }
     for name, (arm, mode) in CONDITIONS.items():
         counts, texts = [], []
         for lim in cfg.limits:
             rows = [c for c, m in zip(convs, limits, strict=True) if m == lim]
-            fixed = [{"length_tokens": round(lim * tpw)}] * len(rows) if mode == "fixed" else None
+            target = max(1, round(cfg.length_target * lim * tpw))
+            fixed = [{"length_tokens": target}] * len(rows) if mode == "fixed" else None
             outs = gens[arm].generate_batch(
                 rows, fixed, mode=mode, max_new_tokens=budgets[lim], batch_size=len(rows)
             )

@@ -53,6 +53,15 @@ def tokens_per_word(records: list[dict]) -> float:
     return median(ratios) if ratios else 1.3
 
 
+def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) of a proportion `rate` observed on `n` items."""
+    if n <= 0:
+        return 0.0, 1.0
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def length_summary(limits: list[int], counts: list[int]) -> dict[str, Any]:
     """Violation rate and the median produced/asked ratio of one condition."""
     n = len(limits)
