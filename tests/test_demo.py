@@ -112,6 +112,20 @@ def test_a_demo_folder_resumes_only_with_its_own_settings(tmp_path):
     check_settings(settings, DemoConfig(steps=4))
     with pytest.raises(TreasureError, match=r"other settings .*length_views, steps"):
         check_settings(settings, DemoConfig(steps=8, length_views=1))
+    # a folder made before the countdown ran without it, whatever the default is now
+    del made["countdown"], made["length_target"]
+    settings.write_text(json.dumps(made), encoding="utf-8")
+    with pytest.raises(TreasureError, match=r"other settings .*countdown, length_target"):
+        check_settings(settings, DemoConfig(steps=4))
+    check_settings(settings, DemoConfig(steps=4, countdown=False, length_target=1.0))
+
+
+def test_wilson_interval_brackets_the_rate():
+    lo, hi = score.wilson_interval(0.5, 36)
+    assert math.isclose(lo, 0.3447, abs_tol=1e-3) and math.isclose(hi, 0.6553, abs_tol=1e-3)
+    assert score.wilson_interval(0.0, 48)[0] == 0.0 and 0 < score.wilson_interval(0.0, 48)[1] < 0.08
+    assert score.wilson_interval(1 / 6, 36) == pytest.approx((0.0787, 0.3189), abs=1e-3)
+    assert score.wilson_interval(0.3, 0) == (0.0, 1.0)
 
 
 def test_length_summary_counts_violations_and_ratios():

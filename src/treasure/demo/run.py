@@ -287,13 +287,20 @@ def code_repair(cfg: DemoConfig, gens: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
+# Settings added after demo folders were first made, with the value every folder made before them ran with
+# (where that is not the default now).
+BEFORE_ADDED = {"countdown": False, "length_target": 1.0}
+
+
 def check_settings(settings: Path, cfg: DemoConfig) -> None:
-    """Refuse to resume a folder made with other settings; a setting added since it was made counts as its default."""
+    """Refuse to resume a folder made with other settings; a setting added since it was made counts as what that
+    folder ran with (BEFORE_ADDED, else the default)."""
     if not settings.exists():
         return
     wanted = json.loads(json.dumps(cfg.to_dict()))
     made = {
         **json.loads(json.dumps(DemoConfig().to_dict())),
+        **BEFORE_ADDED,
         **json.loads(settings.read_text(encoding="utf-8")),
     }
     differ = sorted(k for k in made.keys() | wanted.keys() if made.get(k) != wanted.get(k))
