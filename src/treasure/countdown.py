@@ -180,10 +180,9 @@ def attach_countdown(
         vocab = Vocab.of(tokenizer, marker_taxonomy, stop_ids(model, tokenizer))
         countdown = _torch_module()(vocab, embeddings.weight.shape[1]).to(embeddings.weight.device)
         setattr(model, ATTR, countdown)
+        # a full fine-tune saves the table in COUNTDOWN_FILE, not in the model's weights
         ignore = getattr(model, "_keys_to_ignore_on_save", None)
-        if isinstance(
-            ignore, set
-        ):  # a full fine-tune saves the table in COUNTDOWN_FILE, not in the model's weights
+        if isinstance(ignore, set):
             ignore.add(f"{ATTR}.table.weight")
     countdown.hook_to(embeddings)
     if weights is not None:
