@@ -1,13 +1,15 @@
 """What makes the length lever move on SmolLM2 (issue 13, item 4): one arm trained as the demo trains it, then
 probed on development prompts that are not the demo's evaluation prompts.
 
-    .venv/bin/python bench/length_lever_probe.py NAME [--steps 8] [--fit] [--set FIELD=VALUE ...]
+    .venv/bin/python bench/length_lever_probe.py NAME [--steps 8] [--set FIELD=VALUE ...]
         [--train KEY=VALUE ...] [--arm markers|baseline] [--n 16] [--runs runs/length_probe]
 
 Training: `treasure.demo.run.train_config` (the demo's LoRA run; `--set` overrides a DemoConfig field, `--train` adds
-a `treasure train` key) on the demo's annotated OASST train records; `--fit` keeps only the records whose whole
-conversation (chat template) plus 60 tokens for the two blocks fits max_length, so every kept reply shows its end
-of turn. Development prompts: the first `--n` MT-Bench first turns outside math, coding and reasoning (never the
+a `treasure train` key) on the demo's annotated OASST train records, as the demo keeps them: with `fit` (its
+default) only the records whose whole conversation fits max_length with room for both blocks (demo.data.fitting),
+so every kept reply shows its end of turn; `--set fit=false` trains on every record, the longer ones cut. (Probes
+run before `fit` was a demo setting passed `--fit`, with 60 tokens of room: 290 records at 256, now 302.)
+Development prompts: the first `--n` MT-Bench first turns outside math, coding and reasoning (never the
 demo's held-out OASST prompts, so nothing here is tuned on what the demo reports). Greedy. Measured:
 - the lever alone: `length_tokens` fixed at 16 / 48 / 144 SmolLM2 tokens, no instruction, 240 new tokens at most
   (the block included): median reply tokens per target and the Spearman correlation of reply tokens with target;
@@ -47,22 +49,10 @@ def on_grid(n: int) -> int:
 LIMITS = (20, 40, 80)  # words, AlpacaEval-LI wording
 
 
-def _fitting(records: list[dict], tokenizer_path: str, max_length: int) -> list[dict]:
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_path)
-    return [
-        r
-        for r in records
-        if len(tok(tok.apply_chat_template(r["messages"], tokenize=False))["input_ids"]) + 60 <= max_length
-    ]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("name")
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--fit", action="store_true", help="keep only the records that fit max_length whole")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a DemoConfig field")
     ap.add_argument(
         "--train", action="append", default=[], metavar="KEY=VALUE", help="a `treasure train` key"
@@ -84,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     from treasure.bundle import load_bundle
     from treasure.commands.demo import _assignments
     from treasure.demo import score
-    from treasure.demo.data import prepare_data
-    from treasure.demo.run import DemoConfig, train_arm, train_config
+    from treasure.demo.data import fitting, prepare_data
+    from treasure.demo.run import BLOCK_IDS, DemoConfig, train_arm, train_config
     from treasure.errors import TreasureError
     from treasure.generate.engine import Generator
     from treasure.model_source import resolve_model
@@ -102,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     train_path, _ = prepare_data(data, tokenizer_path, length_views=cfg.length_views)
     train = read_jsonl(train_path)
     keep = train
-    if args.fit:
-        keep = _fitting(train, tokenizer_path, cfg.max_length)
+    if cfg.fit:
+        keep = fitting(train, cfg.model, cfg.max_length, 2 * BLOCK_IDS[cfg.format])
         train_path = data / f"train.fit{cfg.max_length}.jsonl"
         write_jsonl(train_path, keep)
         print(f"fit: {len(keep)} of {len(train)} records", flush=True)

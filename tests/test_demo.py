@@ -113,11 +113,31 @@ def test_a_demo_folder_resumes_only_with_its_own_settings(tmp_path):
     with pytest.raises(TreasureError, match=r"other settings .*length_views, steps"):
         check_settings(settings, DemoConfig(steps=8, length_views=1))
     # a folder made before the countdown ran without it, whatever the default is now
-    del made["countdown"], made["length_target"]
+    del made["countdown"], made["length_target"], made["fit"]
     settings.write_text(json.dumps(made), encoding="utf-8")
-    with pytest.raises(TreasureError, match=r"other settings .*countdown, length_target"):
+    with pytest.raises(TreasureError, match=r"other settings .*countdown, fit, length_target"):
         check_settings(settings, DemoConfig(steps=4))
-    check_settings(settings, DemoConfig(steps=4, countdown=False, length_target=1.0))
+    check_settings(settings, DemoConfig(steps=4, countdown=False, length_target=1.0, fit=False))
+
+
+def test_fitting_keeps_the_conversations_that_fit_whole_with_room_for_the_blocks():
+    from treasure.demo.data import fitting
+    from treasure.train.model import load_tokenizer
+
+    def rec(words: int) -> dict:
+        return {
+            "messages": [
+                {"role": "user", "content": "Tell me."},
+                {"role": "assistant", "content": "yes " * words},
+            ]
+        }
+
+    tok = load_tokenizer("tiny-llama")
+    short, long = rec(5), rec(300)
+    size = len(tok.apply_chat_template(short["messages"], tokenize=True)["input_ids"])
+    assert fitting([long, short, long], "tiny-llama", 256, 56) == [short]
+    assert fitting([short], "tiny-llama", size + 10, 10) == [short]  # exactly full
+    assert fitting([short], "tiny-llama", size + 10, 11) == []  # one token of room short
 
 
 def test_wilson_interval_brackets_the_rate():
@@ -175,6 +195,10 @@ def test_demo_quick_on_tiny_llama_end_to_end(tmp_path):
     assert len(train) + len(test) == 1185 and len(test) > 150
     assert all("quality_bucket" in r["markers"] and r["markers"]["source"] == "Human" for r in train[:50])
     results = json.loads((out / "results.json").read_text())
+    # both arms trained on the annotated replies that fit max_length whole (fit), the same file
+    fit = read_jsonl(out / "data" / "train.fit256.jsonl")
+    assert results["data"]["annotated"] == len(train) > results["data"]["train"] == len(fit) > 100
+    assert {r["message_id"] for r in fit} < {r["message_id"] for r in train}
     seed = results["seeds"]["0"]
     assert seed["train"]["baseline"]["steps"] == seed["train"]["markers"]["steps"] == 2
     # the blocks cost tokens (equal when every batch is padded to max_length)
@@ -260,3 +284,34 @@ def test_compare_tabulates_runs_by_the_setting_that_differs(tmp_path):
     assert (tmp_path / "curves" / "curves.png").stat().st_size > 1000
     missing = treasure("demo", "--compare", tmp_path / "nope")
     assert missing.returncode == 2 and "no results.json" in missing.stderr
+
+
+def test_reply_logprobs_in_batches_equal_each_reply_scored_alone(tmp_path):
+    import torch
+    from test_generate import make_bundle
+
+    from treasure.bundle import load_bundle
+
+    bundle = load_bundle(make_bundle(tmp_path, "compact"))
+    items = [
+        ([{"role": "user", "content": "Reverse 'apple'. " * k}], "elppa, and more words " * (4 - k % 4))
+        for k in range(1, 7)
+    ] + [([{"role": "user", "content": "Say nothing."}], "")]
+    marks = [{"length_tokens": 10 * k} for k in range(1, 8)]
+    batched = score.reply_logprobs(bundle, items, marks, batch_size=4)
+    alone = score.reply_logprobs(bundle, items, marks, batch_size=1)
+    assert math.isnan(batched[-1]) and math.isnan(alone[-1])  # an empty reply has no score
+    assert batched[:-1] == pytest.approx(alone[:-1], abs=1e-4)
+    # one reply by hand: every position's logits, the reply's tokens after the prompt and its block
+    from treasure.markers import SEPARATOR
+
+    (messages, reply), m = items[2], marks[2]
+    tok = bundle.tokenizer
+    head = tok(bundle.prompt(messages, markers=m) + bundle.render_block(m) + SEPARATOR["compact"])[
+        "input_ids"
+    ]
+    body = tok(reply, add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        logp = torch.log_softmax(bundle.model(input_ids=torch.tensor([head + body])).logits[0].float(), -1)
+    want = float(logp[torch.arange(len(head) - 1, len(head) + len(body) - 1), torch.tensor(body)].mean())
+    assert batched[2] == pytest.approx(want, abs=1e-4)

@@ -79,6 +79,22 @@ def prefix_views(records: list[dict], per_reply: int, seed: int = 0) -> list[dic
     return list(records) + views
 
 
+def fitting(records: list[dict], model: str, max_length: int, reserve: int) -> list[dict]:
+    """The records whose whole conversation, in `model`'s chat template, plus `reserve` tokens for the marker
+    blocks, fits `max_length`: trained on, each shows its end of turn and the length its `length_tokens` says.
+
+    Why: training cuts a longer record at `max_length`, so its reply never ends there, and its length marker
+    tells a stop the model never sees. The same records go to both arms (the reserve does not depend on the arm)."""
+    from treasure.train.model import load_tokenizer
+
+    tok = load_tokenizer(model)
+    return [
+        r
+        for r in records
+        if len(tok.apply_chat_template(r["messages"], tokenize=True)["input_ids"]) + reserve <= max_length
+    ]
+
+
 def prepare_data(
     folder: Path, tokenizer: str, *, test_share: float = 0.2, seed: int = 0, length_views: int = 0
 ) -> tuple[Path, Path]:

@@ -128,6 +128,13 @@ def summary_table(results: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _train_records(results: dict[str, Any]) -> str:
+    data, cfg = results["data"], results["config"]
+    if cfg.get("fit") and "annotated" in data:
+        return f"{data['train']} train (of {data['annotated']} annotated: those that fit {cfg['max_length']} tokens whole)"
+    return f"{data['train']} train"
+
+
 def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
     table = summary_table(results)
     cfg = results["config"]
@@ -136,7 +143,7 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
         "",
         f"Base model {cfg['model']}, LoRA r={cfg['lora_r']}, {cfg['steps']} steps x {cfg['batch_size']} per arm, "
         f"lr {cfg['learning_rate']}, format {cfg['format']}; data: OpenAssistant oasst1 English validation, "
-        f"{results['data']['train']} train / {results['data']['test']} held-out replies, split by message tree.",
+        f"{_train_records(results)} / {results['data']['test']} held-out replies, split by message tree.",
         "",
         *table,
         "",

@@ -19,11 +19,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from treasure.arms import QUIET_RUN, read_jsonl, train_from_yaml, use_cuda, write_json
+from treasure.arms import QUIET_RUN, read_jsonl, train_from_yaml, use_cuda, write_json, write_jsonl
 from treasure.demo import score
-from treasure.demo.data import prepare_data
+from treasure.demo.data import fitting, prepare_data
 
 INFER_CATEGORIES = ("task", "domain", "format", "length_bucket")
+# The most ids one marker block takes, per block format: 13 compact categories take ~20 ids, the paper's text tags
+# ~110. The budget of a block generated alone, and (twice: prompt and completion) the room `fit` leaves for them.
+BLOCK_IDS = {"compact": 28, "paper": 120}
 # The three conditions every generation row compares: condition -> (arm, generation mode). "fixed" is the marker
 # arm given the row's markers.
 CONDITIONS = {
@@ -54,6 +57,9 @@ class DemoConfig:
     dataset_dropout: float = 0.5
     sample_dropout: float = 0.5
     length_views: int = 0  # cut copies of each training reply (data.prefix_views)
+    # train on the replies whose whole conversation fits max_length with both blocks (data.fitting), so that each
+    # shows its end of turn and the length its marker says; false: every reply, the longer ones cut
+    fit: bool = True
     countdown: bool = True  # the marker arm's length countdown (treasure/countdown.py; docs/findings.md)
     # the fixed length_tokens for an "at most N words" request: this share of N words in tokens, an answer under
     # the limit (chosen on the lever probe's MT-Bench development prompts, never on the demo's: docs/findings.md)
@@ -193,10 +199,11 @@ def evaluate_arms(
 
     # Marker inference: the marker arm's own block for held-out prompts vs the annotation of the held-out reply.
     infer = score.sample(test, cfg.n_infer, cfg.eval_seed + 1)
-    # the block alone: 13 compact categories take ~20 ids, the paper's text tags ~110
-    block_budget = 28 if cfg.format == "compact" else 120
     outs = gens["markers"].generate_batch(
-        [r["messages"][:-1] for r in infer], mode="inferred", max_new_tokens=block_budget, batch_size=16
+        [r["messages"][:-1] for r in infer],
+        mode="inferred",
+        max_new_tokens=BLOCK_IDS[cfg.format],
+        batch_size=16,
     )
     acc = marker_accuracy([r["markers"] for r in infer], [o.markers for o in outs], INFER_CATEGORIES)
     out["inference"] = {
@@ -289,7 +296,7 @@ def code_repair(cfg: DemoConfig, gens: dict[str, Any]) -> dict[str, Any]:
 
 # Settings added after demo folders were first made, with the value every folder made before them ran with
 # (where that is not the default now).
-BEFORE_ADDED = {"countdown": False, "length_target": 1.0}
+BEFORE_ADDED = {"countdown": False, "length_target": 1.0, "fit": False}
 
 
 def check_settings(settings: Path, cfg: DemoConfig) -> None:
@@ -327,10 +334,23 @@ def run_demo(cfg: DemoConfig, out: Path, *, on_stage: Callable[[str], None] = pr
     on_stage("data: OpenAssistant oasst1 (English validation) -> annotate -> split by tree")
     train_path, test_path = prepare_data(out / "data", tokenizer, length_views=cfg.length_views)
     train, test = read_jsonl(train_path), read_jsonl(test_path)
+    annotated = len(train)
+    if cfg.fit:
+        train = fitting(train, cfg.model, cfg.max_length, 2 * BLOCK_IDS[cfg.format])
+        if len(train) < cfg.batch_size:
+            from treasure.errors import TreasureError
+
+            raise TreasureError(
+                f"fit: {len(train)} of {annotated} training records fit max_length {cfg.max_length} whole; "
+                "raise max_length or set fit=false"
+            )
+        train_path = train_path.with_name(f"train.fit{cfg.max_length}.jsonl")
+        write_jsonl(train_path, train)
+        on_stage(f"data: {len(train)} of {annotated} train records fit {cfg.max_length} tokens whole")
     on_stage(f"data: {len(train)} train records, {len(test)} held-out records")
     results: dict[str, Any] = {
         "config": cfg.to_dict(),
-        "data": {"train": len(train), "test": len(test)},
+        "data": {"train": len(train), "annotated": annotated, "test": len(test)},
         "seeds": {},
     }
     for seed in cfg.seeds:

@@ -136,11 +136,14 @@ def reply_logprobs(
     *,
     in_prompt: bool = True,
     max_reply_tokens: int = 96,
-    batch_size: int = 4,
+    batch_size: int = 8,
 ) -> list[float]:
     """Mean log-probability per token of each reply after its conversation, with `markers` (one dict for all
     items, or one per item) in the prompt (unless `in_prompt` is False) and, for a bundle whose completions start
-    with a block, as the completion's block, as training rendered them."""
+    with a block, as the completion's block, as training rendered them.
+
+    Rows are scored in batches of similar length, and the LM head and softmax run only over the columns where a
+    batch's replies are predicted (`logits_to_keep`), not over its prompts."""
     import torch
 
     from treasure.markers import SEPARATOR
@@ -155,24 +158,32 @@ def reply_logprobs(
         head = tok(bundle.prompt(messages, markers=shown) + prefix, add_special_tokens=False)["input_ids"]
         body = tok(reply, add_special_tokens=False)["input_ids"][:max_reply_tokens]
         rows.append((head, body))
-    out: list[float] = []
+    out = [math.nan] * len(rows)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     device = model.device
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
     with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            width = max(len(h) + len(b) for h, b in chunk)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            width = max(len(rows[i][0]) + len(rows[i][1]) for i in chunk)
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for i, (h, b) in enumerate(chunk):
-                ids[i, : len(h) + len(b)] = torch.tensor(h + b)
-                mask[i, : len(h) + len(b)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)
-            for i, (h, b) in enumerate(chunk):
-                pos = torch.arange(len(h) - 1, len(h) + len(b) - 1, device=device)
-                target = ids[i, len(h) : len(h) + len(b)].to(device)
-                out.append(float(logp[i, pos, target].mean()) if len(b) else math.nan)
+            for r, i in enumerate(chunk):
+                h, b = rows[i]
+                ids[r, : len(h) + len(b)] = torch.tensor(h + b)
+                mask[r, : len(h) + len(b)] = 1
+            # the columns that predict a reply token: from the shortest prompt's last token to the last reply's
+            first = min(len(rows[i][0]) for i in chunk) - 1
+            keep = torch.arange(first, width - 1, device=device)
+            logits = model(
+                input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep
+            ).logits.float()
+            logp = torch.log_softmax(logits, dim=-1)
+            for r, i in enumerate(chunk):
+                h, b = rows[i]
+                if b:
+                    pos = torch.arange(len(h) - 1 - first, len(h) + len(b) - 1 - first, device=device)
+                    out[i] = float(logp[r, pos, ids[r, len(h) : len(h) + len(b)].to(device)].mean())
     return out
 
 

@@ -337,12 +337,21 @@ class Generator:
         if len(markers) != len(conversations):
             raise TreasureError(f"{len(markers)} marker sets for {len(conversations)} conversations")
         plans = [self.plan(msgs, m, mode) for msgs, m in zip(conversations, markers, strict=True)]
-        results: list[Generation] = []
+        # Batches of prompts of similar length (shortest first), so that a batch pads each prompt to its
+        # neighbours' width and not to the longest of all; results come back in the order given.
+        with self._tok_lock:
+            sizes = [
+                len(ids)
+                for ids in self.tokenizer([p.prompt for p in plans], add_special_tokens=False)["input_ids"]
+            ]
+        order = sorted(range(len(plans)), key=sizes.__getitem__)
+        results: list[Generation | None] = [None] * len(plans)
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(plans), desc="generate", unit="prompt", disable=not progress)
         for start in range(0, len(plans), batch_size):
-            chunk = plans[start : start + batch_size]
+            rows = order[start : start + batch_size]
+            chunk = [plans[i] for i in rows]
             enc, processor, processors, kw = self._prepare(
                 chunk, max_new_tokens, temperature, top_p, min_new_tokens
             )
@@ -355,10 +364,10 @@ class Generator:
             for row, (plan, block) in enumerate(zip(chunk, blocks, strict=True)):
                 raw, n_new, reason = self._decode(out[row, width:].tolist())
                 n_prompt = int(enc["attention_mask"][row].sum())
-                results.append(self._result(raw, plan.fixed, mode, block, n_prompt, n_new, reason))
+                results[rows[row]] = self._result(raw, plan.fixed, mode, block, n_prompt, n_new, reason)
             bar.update(len(chunk))
         bar.close()
-        return results
+        return results  # type: ignore[return-value]  # every slot filled
 
     def generate(self, messages: list[dict], markers: dict[str, Any] | None = None, *, mode: str | None = None,
                  **kw: Any) -> Generation:  # fmt: skip
