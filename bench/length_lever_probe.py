@@ -5,10 +5,10 @@ probed on development prompts that are not the demo's evaluation prompts.
         [--train KEY=VALUE ...] [--arm markers|baseline] [--n 16] [--runs runs/length_probe]
 
 Training: `treasure.demo.run.train_config` (the demo's LoRA run; `--set` overrides a DemoConfig field, `--train` adds
-a `treasure train` key) on the demo's annotated OASST train records, as the demo keeps them: with `fit` (its
-default) only the records whose whole conversation fits max_length with room for both blocks (demo.data.fitting),
-so every kept reply shows its end of turn; `--set fit=false` trains on every record, the longer ones cut. (Probes
-run before `fit` was a demo setting passed `--fit`, with 60 tokens of room: 290 records at 256, now 302.)
+a `treasure train` key) on the demo's annotated OASST train records, as the demo keeps them: every record, the
+longer ones cut, or with `--set fit=true` only those whose whole conversation fits max_length with room for both
+blocks (demo.data.fitting), so every kept reply shows its end of turn. (Probes run before `fit` was a demo setting
+passed `--fit`, with 60 tokens of room: 290 records at 256, now 302.)
 Development prompts: the first `--n` MT-Bench first turns outside math, coding and reasoning (never the
 demo's held-out OASST prompts, so nothing here is tuned on what the demo reports). Greedy. Measured:
 - the lever alone: `length_tokens` fixed at 16 / 48 / 144 SmolLM2 tokens, no instruction, 240 new tokens at most

@@ -115,9 +115,9 @@ def test_a_demo_folder_resumes_only_with_its_own_settings(tmp_path):
     # a folder made before the countdown ran without it, whatever the default is now
     del made["countdown"], made["length_target"], made["fit"]
     settings.write_text(json.dumps(made), encoding="utf-8")
-    with pytest.raises(TreasureError, match=r"other settings .*countdown, fit, length_target"):
+    with pytest.raises(TreasureError, match=r"other settings .*countdown, length_target"):
         check_settings(settings, DemoConfig(steps=4))
-    check_settings(settings, DemoConfig(steps=4, countdown=False, length_target=1.0, fit=False))
+    check_settings(settings, DemoConfig(steps=4, countdown=False, length_target=1.0))
 
 
 def test_fitting_keeps_the_conversations_that_fit_whole_with_room_for_the_blocks():
@@ -185,7 +185,7 @@ def test_quality_pairs_take_top_and_bottom_of_ranked_siblings():
 
 def test_demo_quick_on_tiny_llama_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    run = treasure("demo", "--quick", "--model", "tiny-llama", "--out", out, timeout=900)
+    run = treasure("demo", "--quick", "--model", "tiny-llama", "--set", "fit=true", "--out", out, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "| comparison (1 seed; %) | baseline | markers, inferred | markers, fixed | paper |" in run.stdout
     assert "word-limit violations" in run.stdout and "report:" in run.stdout
@@ -220,7 +220,7 @@ def test_demo_quick_on_tiny_llama_end_to_end(tmp_path):
         assert 0.0 <= repair["conditions"][cond]["pass_at_1"] <= 1.0
     # a second run resumes: nothing is trained again, the same table comes out
     stamp = (out / "seed0" / "markers" / "train.json").stat().st_mtime
-    again = treasure("demo", "--quick", "--model", "tiny-llama", "--out", out)
+    again = treasure("demo", "--quick", "--model", "tiny-llama", "--set", "fit=true", "--out", out)
     assert again.returncode == 0 and (out / "seed0" / "markers" / "train.json").stat().st_mtime == stamp
     assert again.stdout.split("\n\n")[-2] == run.stdout.split("\n\n")[-2]
     other = treasure("demo", "--quick", "--model", "tiny-llama", "--steps", "3", "--out", out)

@@ -57,9 +57,10 @@ class DemoConfig:
     dataset_dropout: float = 0.5
     sample_dropout: float = 0.5
     length_views: int = 0  # cut copies of each training reply (data.prefix_views)
-    # train on the replies whose whole conversation fits max_length with both blocks (data.fitting), so that each
-    # shows its end of turn and the length its marker says; false: every reply, the longer ones cut
-    fit: bool = True
+    # train only on the replies whose whole conversation fits max_length with both blocks (data.fitting), so that
+    # each shows its end of turn and the length its marker says. Off: at 32 steps it gave terse, degenerate marker
+    # answers (docs/findings.md); every reply, the longer ones cut, is the default
+    fit: bool = False
     countdown: bool = True  # the marker arm's length countdown (treasure/countdown.py; docs/findings.md)
     # the fixed length_tokens for an "at most N words" request: this share of N words in tokens, an answer under
     # the limit (chosen on the lever probe's MT-Bench development prompts, never on the demo's: docs/findings.md)
@@ -296,7 +297,7 @@ def code_repair(cfg: DemoConfig, gens: dict[str, Any]) -> dict[str, Any]:
 
 # Settings added after demo folders were first made, with the value every folder made before them ran with
 # (where that is not the default now).
-BEFORE_ADDED = {"countdown": False, "length_target": 1.0, "fit": False}
+BEFORE_ADDED = {"countdown": False, "length_target": 1.0}
 
 
 def check_settings(settings: Path, cfg: DemoConfig) -> None:
