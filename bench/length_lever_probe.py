@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     from treasure.bundle import load_bundle
     from treasure.commands.demo import _assignments
     from treasure.demo import score
-    from treasure.demo.data import fitting, prepare_data
-    from treasure.demo.run import BLOCK_IDS, DemoConfig, train_arm, train_config
+    from treasure.demo.data import prepare_data
+    from treasure.demo.run import DemoConfig, fit_train, train_arm, train_config
     from treasure.errors import TreasureError
     from treasure.generate.engine import Generator
     from treasure.model_source import resolve_model
@@ -93,9 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     train = read_jsonl(train_path)
     keep = train
     if cfg.fit:
-        keep = fitting(train, cfg.model, cfg.max_length, 2 * BLOCK_IDS[cfg.format])
-        train_path = data / f"train.fit{cfg.max_length}.jsonl"
-        write_jsonl(train_path, keep)
+        train_path, keep = fit_train(cfg, train_path, train)
         print(f"fit: {len(keep)} of {len(train)} records", flush=True)
     snap = on_grid if args.length_grid else (lambda n: n)
     if args.length_grid:

@@ -320,6 +320,22 @@ def check_settings(settings: Path, cfg: DemoConfig) -> None:
         )
 
 
+def fit_train(cfg: DemoConfig, train_path: Path, train: list[dict]) -> tuple[Path, list[dict]]:
+    """The training records that fit cfg.max_length whole (data.fitting), written beside `train_path` as
+    train.fit{max_length}.jsonl, the file both arms train on; a TreasureError when fewer than a batch fit."""
+    kept = fitting(train, cfg.model, cfg.max_length, 2 * BLOCK_IDS[cfg.format])
+    if len(kept) < cfg.batch_size:
+        from treasure.errors import TreasureError
+
+        raise TreasureError(
+            f"fit: {len(kept)} of {len(train)} training records fit max_length {cfg.max_length} whole; "
+            "raise max_length or set fit=false"
+        )
+    path = train_path.with_name(f"train.fit{cfg.max_length}.jsonl")
+    write_jsonl(path, kept)
+    return path, kept
+
+
 def run_demo(cfg: DemoConfig, out: Path, *, on_stage: Callable[[str], None] = print) -> dict[str, Any]:
     """Data, both arms per seed, their evaluation; returns (and writes out/results.json) everything measured."""
     from treasure.model_source import resolve_model
@@ -337,16 +353,7 @@ def run_demo(cfg: DemoConfig, out: Path, *, on_stage: Callable[[str], None] = pr
     train, test = read_jsonl(train_path), read_jsonl(test_path)
     annotated = len(train)
     if cfg.fit:
-        train = fitting(train, cfg.model, cfg.max_length, 2 * BLOCK_IDS[cfg.format])
-        if len(train) < cfg.batch_size:
-            from treasure.errors import TreasureError
-
-            raise TreasureError(
-                f"fit: {len(train)} of {annotated} training records fit max_length {cfg.max_length} whole; "
-                "raise max_length or set fit=false"
-            )
-        train_path = train_path.with_name(f"train.fit{cfg.max_length}.jsonl")
-        write_jsonl(train_path, train)
+        train_path, train = fit_train(cfg, train_path, train)
         on_stage(f"data: {len(train)} of {annotated} train records fit {cfg.max_length} tokens whole")
     on_stage(f"data: {len(train)} train records, {len(test)} held-out records")
     results: dict[str, Any] = {
