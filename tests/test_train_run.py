@@ -14,7 +14,7 @@ from treasure.markers import compact_tokens
 from treasure.train.config import load_config
 from treasure.train.tiny import tiny_llama, tiny_tokenizer
 from treasure.train.tokens import add_marker_tokens
-from treasure.train.trainer import build_trainer, prepare, train
+from treasure.train.trainer import ROWS_PARAMETER, build_trainer, prepare, train
 
 USER = [{"role": "user", "content": "Reverse 'apple'."}]
 
@@ -275,3 +275,47 @@ def test_epochs_become_one_sequential_pass_over_epoch_copies(tmp_path):
     assert run.args.save_strategy == "epoch"  # the user's config is left as it was
     run = load_config(tiny_config(tmp_path, max_steps=7, per_device_train_batch_size=3))
     assert epoch_copies(run.args, 10) == 3  # 7 steps x 3 examples need 21 examples: 3 copies of 10
+
+
+def test_embedding_learning_rate_moves_only_the_marker_rows_faster(tmp_path, paper):
+    """One step of Adam moves each parameter by about its group's rate: with embedding_learning_rate at 10x the
+    run's, the new rows move ~10x as far, while the LoRA weights take the very same first step."""
+    lora = {
+        "use_peft": True,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "lora_target_modules": ["q_proj", "v_proj"],
+        "max_steps": 1,
+    }
+    trained = {}
+    for name, extra in (("plain", {}), ("rows", {"embedding_learning_rate": 1e-1})):
+        folder = tmp_path / name
+        folder.mkdir()
+        cfg = tiny_config(folder, learning_rate=1e-2, **lora, **extra)
+        trainer = build_trainer(load_config(cfg), prepare(load_config(cfg)))
+        trainer.create_optimizer()
+        groups = trainer.optimizer.param_groups
+        (row,) = [p for n, p in trainer.model.named_parameters() if ROWS_PARAMETER in n]
+        assert row.shape[0] == len(compact_tokens(paper))
+        (group,) = [g for g in groups if any(p is row for p in g["params"])]
+        assert group["lr"] == (1e-1 if extra else 1e-2) and (len(group["params"]) == 1) == bool(extra)
+        assert sum(len(g["params"]) for g in groups) == len({id(p) for g in groups for p in g["params"]})
+        trained[name] = load_bundle(train(load_config(cfg)).output_dir).model.state_dict()
+    before = _initial_compact_model(paper)
+    emb, new = "model.embed_tokens.weight", slice(50259, None)
+    moved = {k: (m[emb][new] - before[emb][new]).abs().max().item() for k, m in trained.items()}
+    assert 5 < moved["rows"] / moved["plain"] < 15, moved
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.allclose(trained["rows"][q], trained["plain"][q]) and not torch.equal(
+        trained["plain"][q], before[q]
+    )
+
+
+def test_embedding_learning_rate_needs_new_rows_to_train(tmp_path):
+    from treasure.errors import ConfigError
+
+    cfg = tiny_config(tmp_path, embedding_learning_rate=1e-1)  # a full fine-tune: no rows apart
+    with pytest.raises(ConfigError, match="embedding_learning_rate: .*use_peft"):
+        build_trainer(load_config(cfg), prepare(load_config(cfg)))
+    with pytest.raises(ConfigError, match="embedding_learning_rate: expected a number above 0"):
+        load_config(tiny_config(tmp_path, name="bad.yaml", embedding_learning_rate=-1))

@@ -70,6 +70,15 @@ class TreasureSFTConfig(SFTConfig):
             "end_of_turn_weight, both answers to 'stop at the end of this line?' count (treasure/train/loss.py)."
         },
     )
+    embedding_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Learning rate of the new marker-token rows (LoRA with the compact format: PEFT's trainable "
+            "tokens), on the run's schedule; default: learning_rate. A new row starts far from what the model "
+            "predicts, and at LoRA's rate it moves too little in a short run for the model to write it (the "
+            "block then closes early and its numbers spill into the reply: docs/findings.md)."
+        },
+    )
     chat_template_kwargs: dict | str | None = field(
         default=None,
         metadata={
@@ -100,6 +109,9 @@ class TreasureSFTConfig(SFTConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not (isinstance(value, int | float) and value > 0):
                 raise ConfigError(f"{name}: expected a number above 0, got {value!r}")
+        lr = self.embedding_learning_rate
+        if lr is not None and (isinstance(lr, bool) or not (isinstance(lr, int | float) and lr > 0)):
+            raise ConfigError(f"embedding_learning_rate: expected a number above 0, got {lr!r}")
         if self.chat_template_kwargs is not None and not isinstance(self.chat_template_kwargs, dict):
             raise ConfigError(f"chat_template_kwargs: expected a mapping, got {self.chat_template_kwargs!r}")
 

@@ -15,6 +15,7 @@ No Trainer subclass: the marker recipe lives in the dataset (render.py, data.py)
   ``position_ids`` TRL writes (tests/test_train_packing.py; docs/training.md).
 - With LoRA and the compact format, the new token rows are trained through PEFT's ``trainable_token_indices``
   (embeddings, and the LM head when it is not tied to them), and the bundle saves the adapter and those rows only.
+  ``embedding_learning_rate`` gives those rows a learning rate of their own (`_rows_learning_rate`).
 - With ``markers.countdown`` the model gets the length countdown (treasure/countdown.py) before PEFT wraps it; its
   table trains with the run (PEFT freezes it; build_trainer thaws it) and is saved as countdown.safetensors, in the
   bundle and in every checkpoint.
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from treasure.errors import RecordError
+from treasure.errors import ConfigError, RecordError
 from treasure.records import read_records
 from treasure.train.config import RunConfig
 from treasure.train.data import DataSpec, build_dataset, truncate_dataset
@@ -287,9 +288,40 @@ def build_trainer(
     )
     _expose_lm_head_bias(trainer.model)
     _save_adapter_only(trainer.model, prep.marker_token_ids)
+    if run.args.embedding_learning_rate is not None:
+        _rows_learning_rate(trainer, run.args.embedding_learning_rate)
     if run.markers.uses_countdown:
         _train_countdown(trainer, prep, run)
     return trainer
+
+
+ROWS_PARAMETER = "trainable_tokens_delta"  # PEFT's name for the trained rows of `trainable_token_indices`
+
+
+def _rows_learning_rate(trainer: SFTTrainer, lr: float) -> None:
+    """Train the new marker-token rows at `lr`: the Trainer builds its optimizer as always, then those rows move to
+    a param group of their own (no weight decay), before the scheduler reads each group's rate, so they follow the
+    run's warm-up and decay. Bound on this one instance, as `_save_adapter_only` does."""
+    rows = [p for n, p in trainer.model.named_parameters() if ROWS_PARAMETER in n and p.requires_grad]
+    if not rows:
+        raise ConfigError(
+            "embedding_learning_rate: this run trains no new token rows apart (it needs LoRA, use_peft: true, "
+            "and the compact marker format, whose tokens are new)"
+        )
+    create = trainer.create_optimizer
+
+    def create_optimizer(model: Any = None) -> Any:
+        optimizer = create(model)
+        if getattr(optimizer, "_treasure_rows", False):
+            return optimizer
+        ids = {id(p) for p in rows}
+        for group in optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in ids]
+        optimizer.add_param_group({"params": rows, "lr": lr, "weight_decay": 0.0})
+        optimizer._treasure_rows = True
+        return optimizer
+
+    trainer.create_optimizer = create_optimizer
 
 
 def _train_countdown(trainer: SFTTrainer, prep: Prepared, run: RunConfig) -> None:
