@@ -82,9 +82,11 @@ def test_a_run_trains_saves_and_loads_its_countdown(tmp_path, lora):
     assert (out / COUNTDOWN_FILE).is_file()
     bundle = load_bundle(out)
     table = find_countdown(bundle.model).table.weight.detach()
+    head = find_countdown(bundle.model).head.weight.detach()
     assert find_countdown(bundle.model).scale == SCALE  # saved beside the rows
-    assert float(table[OFF].abs().sum()) == 0.0  # OFF stays a zero vector
-    assert float(table[1:].abs().sum()) > 0  # trained from zeros
+    for rows in (table, head):
+        assert float(rows[OFF].abs().sum()) == 0.0  # OFF stays a zero vector
+        assert float(rows[1:].abs().sum()) > 0  # trained from zeros
     if not lora:  # the full model's weights do not carry the table
         from safetensors import safe_open
 
@@ -107,6 +109,46 @@ def test_a_run_trains_saves_and_loads_its_countdown(tmp_path, lora):
     if lora:
         exported = load_bundle(export_bundle(out, tmp_path / "exported"))
         assert torch.equal(find_countdown(exported.model).table.weight, table)
+        assert torch.equal(find_countdown(exported.model).head.weight, head)
+
+
+def test_the_head_tap_moves_the_logits_by_the_output_embeddings_of_its_row(tmp_path):
+    """After the final norm: the counted positions' logits move by exactly scale * lm_head(row), the others not at
+    all; a countdown file saved before the head tap (no head table) loads with it at zero."""
+    from safetensors.torch import save_file
+
+    from treasure.countdown import attach_countdown
+    from treasure.train.tiny import tiny_llama
+    from treasure.train.tokens import add_marker_tokens
+
+    tok, mtax, vocab = _vocab(tmp_path)
+    model = tiny_llama(tok).eval()
+    add_marker_tokens(model, tok, mtax)
+    countdown = attach_countdown(model, tok, mtax)
+    ids = tok(
+        "Say it." + render_block({"length_tokens": 4}, mtax, "compact") + " one two three",
+        add_special_tokens=False,
+    )
+    x = torch.tensor([ids["input_ids"]])
+    counted = torch.tensor(remaining_ids(ids["input_ids"], vocab)) != OFF
+    assert counted.any() and not counted.all()
+    with torch.no_grad():
+        before = model(x).logits[0]
+        countdown.head.weight[1:] = torch.randn(N_BUCKETS - 1, countdown.head.weight.shape[1])
+        after = model(x).logits[0]
+        rows = countdown.scale * countdown.head(torch.tensor(remaining_ids(ids["input_ids"], vocab)))
+        expected = model.get_output_embeddings()(rows)
+    assert torch.allclose(after - before, expected, atol=1e-4)
+    assert torch.equal(after[~counted], before[~counted])
+    old = tmp_path / "old.safetensors"
+    save_file(
+        {"weight": torch.zeros(N_BUCKETS, countdown.head.weight.shape[1])},
+        str(old),
+        metadata={"scale": "16.0"},
+    )
+    fresh = tiny_llama(tok).eval()
+    add_marker_tokens(fresh, tok, mtax)
+    assert float(attach_countdown(fresh, tok, mtax, old).head.weight.abs().sum()) == 0.0
 
 
 def test_resume_restores_the_countdown_from_its_checkpoint(tmp_path):

@@ -315,3 +315,30 @@ def test_reply_logprobs_in_batches_equal_each_reply_scored_alone(tmp_path):
         logp = torch.log_softmax(bundle.model(input_ids=torch.tensor([head + body])).logits[0].float(), -1)
     want = float(logp[torch.arange(len(head) - 1, len(head) + len(body) - 1), torch.tensor(body)].mean())
     assert batched[2] == pytest.approx(want, abs=1e-4)
+
+
+def test_only_the_marker_arm_with_compact_tokens_gets_the_rows_learning_rate(tmp_path):
+    from treasure.demo.run import DemoConfig, train_config
+
+    cfg = DemoConfig(embedding_learning_rate=1e-2, categories=("length_tokens", "task"))
+    arms = {
+        mode: train_config(
+            cfg, train_file=tmp_path / "t.jsonl", output_dir=tmp_path / mode, mode=mode, seed=0
+        )
+        for mode in ("markers", "baseline")
+    }
+    assert arms["markers"]["embedding_learning_rate"] == 1e-2
+    assert "embedding_learning_rate" not in arms["baseline"]  # its records carry no markers: no new rows
+    assert arms["markers"]["markers"]["categories"] == ["length_tokens", "task"]
+    assert {
+        k: v
+        for k, v in arms["markers"].items()
+        if k not in ("embedding_learning_rate", "markers", "output_dir")
+    } == {
+        k: v for k, v in arms["baseline"].items() if k not in ("markers", "output_dir")
+    }  # otherwise the same run
+    paper = DemoConfig(embedding_learning_rate=1e-2, format="paper")
+    conf = train_config(
+        paper, train_file=tmp_path / "t.jsonl", output_dir=tmp_path / "p", mode="markers", seed=0
+    )
+    assert "embedding_learning_rate" not in conf and "categories" not in conf["markers"]

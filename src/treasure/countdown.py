@@ -9,9 +9,13 @@ stop reads "0 left" at the input instead of comparing a number with a position. 
 positional encoding (Butcher et al. 2024, arXiv 2412.11937); beyond the paper (arXiv 2506.14702), which relies on
 a 7B model learning the number.
 
-The vectors start at zero (a fresh countdown changes nothing) and train with the run; `remaining_ids` reads them
-from the token stream alone, so training, `generate`, `serve` and `stream` need no extra input: a forward hook on
-the input embeddings reads the ids. The marker arm uses it when its block holds `length_tokens`: inferred (its
+Each row has two vectors, at the two ends of the network: one added to the token's input embedding (the
+model reads how much is left) and one added to its final hidden state, after the last norm (the *head* tap: it
+moves the next-token logits directly, by the output embeddings' dot product with it, so the stop at "0 left" is
+learnt in a few steps instead of through every layer; measured in docs/findings.md). The vectors start at zero (a
+fresh countdown changes nothing) and train with the run; `remaining_ids` reads them from the token stream alone,
+so training, `generate`, `serve` and `stream` need no extra input: a forward hook on the input embeddings reads
+the ids, one on the final norm adds the head tap. The marker arm uses it when its block holds `length_tokens`: inferred (its
 own number) and fixed (the caller's). Compact format only: its `<|length_tokens|>` token and block delimiters are
 single tokens.
 
@@ -28,6 +32,7 @@ from typing import Any
 from treasure.errors import TreasureError
 
 COUNTDOWN_FILE = "countdown.safetensors"
+HEAD_KEY = "head"  # the head tap's table in COUNTDOWN_FILE ("weight" is the input tap's)
 ATTR = "treasure_countdown"  # the submodule's name on the model (its weight: treasure_countdown.table.weight)
 LENGTH_CATEGORY = "length_tokens"
 OFF = 0  # no countdown at this position (outside a turn with a length marker): a zero vector, never trained
@@ -132,10 +137,14 @@ def _torch_module():
             super().__init__()
             self.vocab = vocab
             self.table = torch.nn.Embedding(N_BUCKETS, hidden, padding_idx=OFF)
+            self.head = torch.nn.Embedding(N_BUCKETS, hidden, padding_idx=OFF)  # the final-hidden-state tap
             torch.nn.init.zeros_(self.table.weight)
+            torch.nn.init.zeros_(self.head.weight)
             self.scale = SCALE
             self.readers: list[Reader] = []
             self.handle: Any = None
+            self.head_handle: Any = None
+            self._rows: Any = None  # the rows of the forward pass under way (set by the input hook)
             self._hooked: list[Any] = []  # in a list: an attribute would make the embeddings a submodule
 
         def hook_to(self, embeddings: Any) -> None:
@@ -146,6 +155,11 @@ def _torch_module():
             if self.handle is not None:
                 self.handle.remove()
             self.handle, self._hooked[:] = embeddings.register_forward_hook(self.hook), [embeddings]
+
+        def hook_head(self, norm: Any) -> None:
+            """Add the head tap to the output of `norm`, the model's final norm (once)."""
+            if self.head_handle is None:
+                self.head_handle = norm.register_forward_hook(self.hook_out)
 
         def rows(self, input_ids: torch.Tensor) -> torch.Tensor:
             """Rows for a batch of ids: a call with more than one position per sequence starts every stream afresh
@@ -160,8 +174,16 @@ def _torch_module():
         def hook(self, module: Any, args: tuple, output: torch.Tensor) -> torch.Tensor:
             rows = self.rows(args[0])
             if not bool((rows != OFF).any()):
+                self._rows = None
                 return output
+            self._rows = rows
             return output + (self.scale * self.table(rows)).to(output.dtype)
+
+        def hook_out(self, module: Any, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            rows, self._rows = self._rows, None  # each forward's rows serve its own final norm once
+            if rows is None or rows.shape != output.shape[:2]:
+                return output
+            return output + (self.scale * self.head(rows)).to(output.dtype)
 
     return Countdown
 
@@ -183,15 +205,37 @@ def attach_countdown(
         # a full fine-tune saves the table in COUNTDOWN_FILE, not in the model's weights
         ignore = getattr(model, "_keys_to_ignore_on_save", None)
         if isinstance(ignore, set):
-            ignore.add(f"{ATTR}.table.weight")
+            ignore.update({f"{ATTR}.table.weight", f"{ATTR}.head.weight"})
     countdown.hook_to(embeddings)
+    countdown.hook_head(final_norm(model))
     if weights is not None:
         from safetensors import safe_open
 
         with safe_open(str(weights), "pt") as f:
             countdown.table.load_state_dict({"weight": f.get_tensor("weight")})
+            if HEAD_KEY in f.keys():  # noqa: SIM118 (a file saved before the head tap has none: it stays zero)
+                countdown.head.load_state_dict({"weight": f.get_tensor(HEAD_KEY)})
             countdown.scale = float((f.metadata() or {}).get("scale", 1.0))
     return countdown
+
+
+def final_norm(model: Any) -> Any:
+    """The norm the last hidden state goes through before the LM head (`model.norm` of a decoder, under any PEFT
+    wrapping); a TreasureError for a model without one."""
+    found = None
+    for name, module in model.named_modules():
+        last = name.rsplit(".", 1)[-1]
+        if (
+            last in ("norm", "final_layernorm", "ln_f")
+            and ".layers." not in f".{name}."
+            and ".h." not in f".{name}."
+        ):
+            found = module
+    if found is None:
+        raise TreasureError(
+            "markers.countdown: the model has no final norm (model.norm) to add the head tap to"
+        )
+    return found
 
 
 def save_countdown(model: Any, folder: str | Path) -> Path | None:
@@ -202,8 +246,9 @@ def save_countdown(model: Any, folder: str | Path) -> Path | None:
     from safetensors.torch import save_file
 
     path = Path(folder) / COUNTDOWN_FILE
-    weight = countdown.table.weight.detach().float().cpu().contiguous()
-    save_file({"weight": weight}, str(path), metadata={"scale": repr(countdown.scale)})
+    tensors = {key: t.weight.detach().float().cpu().contiguous()
+               for key, t in (("weight", countdown.table), (HEAD_KEY, countdown.head))}  # fmt: skip
+    save_file(tensors, str(path), metadata={"scale": repr(countdown.scale)})
     return path
 
 

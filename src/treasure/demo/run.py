@@ -61,6 +61,11 @@ class DemoConfig:
     # each shows its end of turn and the length its marker says. Off: at 32 steps it gave terse, degenerate marker
     # answers (docs/findings.md); every reply, the longer ones cut, is the default
     fit: bool = False
+    # the categories the marker arm's blocks hold (None: every annotated category of the paper's taxonomy)
+    categories: tuple[str, ...] | None = None
+    # the learning rate of the marker arm's new token rows (`treasure train` embedding_learning_rate; compact
+    # format only: the paper's tags add no tokens); None: learning_rate
+    embedding_learning_rate: float | None = None
     countdown: bool = True  # the marker arm's length countdown (treasure/countdown.py; docs/findings.md)
     # the fixed length_tokens for an "at most N words" request: this share of N words in tokens, an answer under
     # the limit (chosen on the lever probe's MT-Bench development prompts, never on the demo's: docs/findings.md)
@@ -86,6 +91,9 @@ def train_config(
 ) -> dict[str, Any]:
     """The `treasure train` YAML of one arm: the two arms differ only in `markers.mode`."""
     cuda = use_cuda(cfg.device)
+    rows_rate = {}  # only the marker arm with compact tokens has new rows (the baseline arm's records carry none)
+    if cfg.embedding_learning_rate is not None and mode == "markers" and cfg.format == "compact":
+        rows_rate = {"embedding_learning_rate": cfg.embedding_learning_rate}
     return {
         "model_name_or_path": cfg.model,
         "train_file": str(train_file.resolve()),
@@ -97,6 +105,7 @@ def train_config(
             "dataset_dropout": cfg.dataset_dropout,
             "sample_dropout": cfg.sample_dropout,
             "countdown": cfg.countdown,
+            **({"categories": list(cfg.categories)} if cfg.categories else {}),
         },
         "use_peft": True,
         "lora_r": cfg.lora_r,
@@ -115,6 +124,7 @@ def train_config(
         "bf16": cuda,
         "use_cpu": not cuda,
         **QUIET_RUN,
+        **rows_rate,
         **cfg.extra,
     }
 

@@ -332,6 +332,7 @@ def _train_countdown(trainer: SFTTrainer, prep: Prepared, run: RunConfig) -> Non
 
     countdown = attach_countdown(trainer.model, prep.tokenizer, run.markers.marker_taxonomy(run.taxonomy))
     countdown.table.weight.requires_grad_(True)
+    countdown.head.weight.requires_grad_(True)
 
     class SaveCountdown(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
