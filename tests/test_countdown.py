@@ -136,7 +136,11 @@ def test_the_head_tap_moves_the_logits_by_the_output_embeddings_of_its_row(tmp_p
         before = model(x).logits[0]
         countdown.head.weight[1:] = torch.randn(N_BUCKETS - 1, countdown.head.weight.shape[1])
         after = model(x).logits[0]
-        rows = countdown.scale * countdown.head(torch.tensor(remaining_ids(ids["input_ids"], vocab)))
+        rows = (
+            countdown.scale
+            * countdown.head_scale
+            * countdown.head(torch.tensor(remaining_ids(ids["input_ids"], vocab)))
+        )
         expected = model.get_output_embeddings()(rows)
     assert torch.allclose(after - before, expected, atol=1e-4)
     assert torch.equal(after[~counted], before[~counted])

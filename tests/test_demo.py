@@ -98,6 +98,12 @@ def test_demo_settings_are_read_as_yaml_and_checked_against_their_defaults():
                            ("format=3", "expected str"), ("steps=true", "expected int")):  # fmt: skip
         with pytest.raises(TreasureError, match=expected):
             _assignments([item], "--set", fields)
+    assert _assignments(["categories=null", "embedding_learning_rate=null"], "--set", fields) == {
+        "categories": None,
+        "embedding_learning_rate": None,
+    }  # where the setting takes None
+    with pytest.raises(TreasureError, match="expected float"):
+        _assignments(["learning_rate=null"], "--set", fields)
     assert _assignments(["anything=[1]"], "--train") == {"anything": [1]}  # train keys are TRL's to check
 
 
@@ -337,7 +343,7 @@ def test_only_the_marker_arm_with_compact_tokens_gets_the_rows_learning_rate(tmp
     } == {
         k: v for k, v in arms["baseline"].items() if k not in ("markers", "output_dir")
     }  # otherwise the same run
-    paper = DemoConfig(embedding_learning_rate=1e-2, format="paper")
+    paper = DemoConfig(embedding_learning_rate=1e-2, format="paper", categories=None)
     conf = train_config(
         paper, train_file=tmp_path / "t.jsonl", output_dir=tmp_path / "p", mode="markers", seed=0
     )

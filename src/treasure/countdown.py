@@ -46,6 +46,9 @@ N_BUCKETS = 1 + 3 + len(_EDGES)  # OFF, none left, 1, 2, the powers of two, > 51
 # scale 1 the rows reached norm ~0.2 against 3.2 for a token embedding, too small to move the stop (the lever probe:
 # median reply tokens 95 / 89.5 / 88 at length_tokens 16 / 48 / 144); 16 lets them reach a token's size.
 SCALE = 16.0
+# The head tap's own multiplier, over SCALE: its rows move the logits directly. 4 was worse than 1 on the lever
+# probe (16 steps: median tokens 125 / 88 / 147 at length_tokens 16 / 48 / 144, against 44 / 74 / 158.5; docs/findings.md).
+HEAD_SCALE = 1.0
 
 
 def bucket(remaining: int) -> int:
@@ -141,6 +144,7 @@ def _torch_module():
             torch.nn.init.zeros_(self.table.weight)
             torch.nn.init.zeros_(self.head.weight)
             self.scale = SCALE
+            self.head_scale = HEAD_SCALE
             self.readers: list[Reader] = []
             self.handle: Any = None
             self.head_handle: Any = None
@@ -183,7 +187,7 @@ def _torch_module():
             rows, self._rows = self._rows, None  # each forward's rows serve its own final norm once
             if rows is None or rows.shape != output.shape[:2]:
                 return output
-            return output + (self.scale * self.head(rows)).to(output.dtype)
+            return output + (self.scale * self.head_scale * self.head(rows)).to(output.dtype)
 
     return Countdown
 
@@ -215,7 +219,9 @@ def attach_countdown(
             countdown.table.load_state_dict({"weight": f.get_tensor("weight")})
             if HEAD_KEY in f.keys():  # noqa: SIM118 (a file saved before the head tap has none: it stays zero)
                 countdown.head.load_state_dict({"weight": f.get_tensor(HEAD_KEY)})
-            countdown.scale = float((f.metadata() or {}).get("scale", 1.0))
+            meta = f.metadata() or {}
+            countdown.scale = float(meta.get("scale", 1.0))
+            countdown.head_scale = float(meta.get("head_scale", 1.0))
     return countdown
 
 
@@ -248,7 +254,11 @@ def save_countdown(model: Any, folder: str | Path) -> Path | None:
     path = Path(folder) / COUNTDOWN_FILE
     tensors = {key: t.weight.detach().float().cpu().contiguous()
                for key, t in (("weight", countdown.table), (HEAD_KEY, countdown.head))}  # fmt: skip
-    save_file(tensors, str(path), metadata={"scale": repr(countdown.scale)})
+    save_file(
+        tensors,
+        str(path),
+        metadata={"scale": repr(countdown.scale), "head_scale": repr(countdown.head_scale)},
+    )
     return path
 
 

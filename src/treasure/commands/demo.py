@@ -181,6 +181,9 @@ def _assignments(items: list[str], flag: str, allowed=None) -> dict:
             valid = ", ".join(k for k in allowed if k != "extra")
             raise TreasureError(f"{flag} {item!r}: unknown setting {key!r} (valid: {valid})")
         value = yaml.safe_load(raw) if raw.strip() else ""
+        if value is None and allowed is not None and "None" in str(allowed[key].type):
+            out[key] = None  # `null` where the setting takes None (every category, the run's own rate)
+            continue
         # a DemoConfig setting takes its default's kind; train keys go to YAML as they are, for TRL to check
         out[key] = (
             value if allowed is None else _setting_value(value, allowed[key].default, f"{flag} {item!r}")
