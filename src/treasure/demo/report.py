@@ -128,6 +128,16 @@ def summary_table(results: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _marker_recipe(cfg: dict) -> str:
+    """The marker arm's settings beyond the run's: format, its new rows' rate, its block's categories."""
+    out = f", format {cfg['format']}"
+    if cfg.get("embedding_learning_rate") and cfg["format"] == "compact":
+        out += f", marker rows lr {cfg['embedding_learning_rate']}"
+    if cfg.get("categories"):
+        out += f", blocks of {', '.join(cfg['categories'])}"
+    return out
+
+
 def _train_records(results: dict[str, Any]) -> str:
     data, cfg = results["data"], results["config"]
     if cfg.get("fit") and "annotated" in data:
@@ -142,7 +152,7 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
         "# treasure demo: markers on a real pretrained model",
         "",
         f"Base model {cfg['model']}, LoRA r={cfg['lora_r']}, {cfg['steps']} steps x {cfg['batch_size']} per arm, "
-        f"lr {cfg['learning_rate']}, format {cfg['format']}; data: OpenAssistant oasst1 English validation, "
+        f"lr {cfg['learning_rate']}{_marker_recipe(cfg)}; data: OpenAssistant oasst1 English validation, "
         f"{_train_records(results)} / {results['data']['test']} held-out replies, split by message tree.",
         "",
         *table,
