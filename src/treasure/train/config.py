@@ -105,13 +105,12 @@ class TreasureSFTConfig(SFTConfig):
             raise ConfigError(
                 "assistant_only_loss: not needed: the loss covers the final assistant turn only"
             )
-        for name in ("end_of_turn_weight", "line_break_weight"):
+        for name in ("end_of_turn_weight", "line_break_weight", "embedding_learning_rate"):
             value = getattr(self, name)
+            if value is None and name == "embedding_learning_rate":
+                continue  # the run's learning_rate
             if isinstance(value, bool) or not (isinstance(value, int | float) and value > 0):
                 raise ConfigError(f"{name}: expected a number above 0, got {value!r}")
-        lr = self.embedding_learning_rate
-        if lr is not None and (isinstance(lr, bool) or not (isinstance(lr, int | float) and lr > 0)):
-            raise ConfigError(f"embedding_learning_rate: expected a number above 0, got {lr!r}")
         if self.chat_template_kwargs is not None and not isinstance(self.chat_template_kwargs, dict):
             raise ConfigError(f"chat_template_kwargs: expected a mapping, got {self.chat_template_kwargs!r}")
 
